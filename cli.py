@@ -1,0 +1,129 @@
+"""litlab's command line: `python cli.py {fit,validate,test,predict} -c configs/<method>/<setup>.yaml`.
+
+One LightningCLI subclass serves every method:
+- models and datamodules are picked by `class_path`/`init_args` (subclass mode), so a new method needs no edit here;
+- YAML configs may use OmegaConf interpolation (`${data.init_args.image_size}`) and compose with repeated `-c`;
+- datamodule metadata the model needs is linked, not repeated: `num_classes`, `input_shape`, `domain_names` (a link
+  applies only when the datamodule has the attribute and the model takes the argument);
+- the seed defaults to 0, and the resolved config is saved with every run (overwriting on a rerun);
+- `--test_after_fit true` tests the fitted model right after `fit`, once per weight variant that callbacks offer
+  (e.g. SWAD: last and averaged weights; BestValidationWeights: the best-validation weights) and prints a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_only
+
+# Third-party notices that say nothing about the user's run.
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+warnings.filterwarnings("ignore", message=".*Your `IterableDataset` has `__len__` defined.*")
+warnings.filterwarnings(
+    "ignore", message=".*LightningCLI's args parameter is intended to run from within Python.*"
+)
+
+# Datamodule attribute -> model argument, linked when both sides have them.
+LINKED_METADATA = ("num_classes", "input_shape", "domain_names")
+
+
+class LitCLI(LightningCLI):
+    """The framework's LightningCLI: subclass mode, OmegaConf configs, metadata links, end-of-fit tests."""
+
+    def __init__(self, args=None, run: bool = True) -> None:
+        self.test_results: dict[str, dict[str, float]] = {}
+        super().__init__(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            save_config_callback=SaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in LINKED_METADATA:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, test every weight variant the callbacks offer and print a table (fit only).",
+        )
+
+    def after_fit(self) -> None:
+        if self.config.get(self.subcommand, {}).get("test_after_fit"):
+            self.test_results = test_weight_variants(self.trainer, self.model, self.datamodule)
+
+
+def test_weight_variants(
+    trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule | None
+) -> dict[str, dict[str, float]]:
+    """Test each weight variant ("last" plus what callbacks offer), print and save a table; return the metrics.
+
+    A callback offers variants through `weight_variants(pl_module) -> {name: state_dict}`. The model is left
+    holding the weights it had when this was called.
+    """
+    current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    variants: dict[str, dict[str, torch.Tensor]] = {"last": current}
+    for callback in trainer.callbacks:
+        offer = getattr(callback, "weight_variants", None)
+        if callable(offer):
+            variants.update(offer(model))
+    results: dict[str, dict[str, float]] = {}
+    for name, state in variants.items():
+        model.load_state_dict(state)
+        metrics = trainer.test(model, datamodule=datamodule, verbose=False)
+        results[name] = {k: float(v) for d in metrics for k, v in d.items()}
+    model.load_state_dict(current)
+    _report(results, trainer.log_dir)
+    return results
+
+
+@rank_zero_only
+def _report(results: dict[str, dict[str, float]], log_dir: str | None) -> None:
+    """Print the variants table (rows: test metrics, columns: variants) and save it as Markdown, CSV and JSON."""
+    names = list(results)
+    keys = sorted({k for r in results.values() for k in r}, key=lambda k: (k.count("/"), k))
+    keys = [k for k in keys if "/acc" in k] + [k for k in keys if "/acc" not in k]
+
+    def fmt(key: str, value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.2f}" if "/acc" in key else f"{value:.4f}"
+
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(fmt(key, results[n].get(key)) for n in names) + " |")
+    table = "\n".join(lines)
+    print("\nTest results per weight variant (accuracy in %):\n" + table + "\n")
+    if log_dir:
+        out = Path(log_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "test_results.md").write_text(table + "\n")
+        (out / "test_results.json").write_text(json.dumps(results, indent=2))
+        with open(out / "test_results.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["metric", *names])
+            for key in keys:
+                writer.writerow([key, *[results[n].get(key, "") for n in names]])
+        print(f"Saved to {out / 'test_results.md'} (.csv, .json)")
+
+
+def main(args: list[str] | None = None) -> LitCLI:
+    """Entry point (`python cli.py ...` or the `litlab` console script)."""
+    return LitCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()
