@@ -146,6 +146,7 @@ class DomainBedDataModule(MultiDomainDataModule):
         steps_per_epoch: int = 100,
         num_workers: int = 0,
         pin_memory: bool = False,
+        seed: int | None = None,
     ) -> None:
         if dataset not in DATASETS:
             raise ValueError(f"unknown DomainBed dataset {dataset!r}; valid keys: {', '.join(DATASETS)}")
@@ -163,6 +164,7 @@ class DomainBedDataModule(MultiDomainDataModule):
             steps_per_epoch=steps_per_epoch,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            seed=seed,
         )
         self.root = str(root)
         self.dataset = dataset

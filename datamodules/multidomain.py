@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,18 +89,21 @@ class DomainTagged(Dataset):
 
 
 class DomainBalancedStream(IterableDataset):
-    """Infinite-sampler-style training stream: per step, ``batch_size`` draws per domain, in domain order.
+    """Training stream: per step, ``batch_size`` draws per domain (with replacement), in domain order.
 
     Wrap it in ``DataLoader(batch_size=batch_size * len(datasets))``: every collated batch is then one
-    block of ``batch_size`` items per domain, in the order of ``datasets``. Each pass (epoch) yields
-    ``steps_per_epoch`` batches in total per rank, split across dataloader workers in whole batches.
+    block of ``batch_size`` items per domain, in the order of ``datasets``. An epoch is ``steps_per_epoch``
+    batches per rank.
 
-    It is an ``IterableDataset`` so that Lightning does not inject a ``DistributedSampler``; ranks and
-    workers are decorrelated here instead. The numpy generator is seeded from
-    ``[base, rank, worker, pass]`` where ``base`` comes from torch's global RNG (main process, drawn per
-    pass) or from ``get_worker_info().seed`` (workers; drawn by the DataLoader from torch's global RNG).
-    Hence results are reproducible under ``lightning.seed_everything`` and differ between epochs (the
-    pass counter covers persistent workers, whose seed does not change between epochs).
+    The draws of batch ``b`` of epoch ``e`` on rank ``r`` come from ``default_rng([seed, r, e, b])`` and
+    nothing else, so any batch can be produced again: a run resumed from a checkpoint (even one written in
+    the middle of an epoch) sees exactly the batches an uninterrupted run sees. ``epoch`` and ``start``
+    (the first batch to yield) are set by :class:`PositionedLoader` before each pass. With ``W`` workers,
+    worker ``w`` yields batches ``start + w``, ``start + w + W``, ...; the DataLoader reads workers in turn,
+    so batches arrive in order.
+
+    It is an ``IterableDataset`` so that Lightning does not inject a ``DistributedSampler``; ranks are
+    decorrelated by the rank in the seed.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class DomainBalancedStream(IterableDataset):
         datasets: Sequence[Dataset],
         batch_size: int,
         steps_per_epoch: int,
+        seed: int = 0,
         rank: int | None = None,
     ) -> None:
         if not datasets:
@@ -117,8 +122,10 @@ class DomainBalancedStream(IterableDataset):
         self.datasets = list(datasets)
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch
+        self.seed = int(seed)
         self.rank = dist_rank_and_world_size()[0] if rank is None else rank
-        self._passes = 0
+        self.epoch = 0
+        self.start = 0
 
     @property
     def step_size(self) -> int:
@@ -129,25 +136,37 @@ class DomainBalancedStream(IterableDataset):
         """Items per epoch on this rank (so ``len(loader) == steps_per_epoch``)."""
         return self.steps_per_epoch * self.step_size
 
-    def steps_for_worker(self, worker_id: int, num_workers: int) -> int:
-        """Whole batches that worker ``worker_id`` of ``num_workers`` yields per epoch."""
-        base, rest = divmod(self.steps_per_epoch, num_workers)
-        return base + (1 if worker_id < rest else 0)
+    def batch_indices(self, epoch: int, batch: int) -> list[np.ndarray]:
+        """The per-domain sample indices of batch ``batch`` of ``epoch`` on this rank."""
+        rng = np.random.default_rng([self.seed, self.rank, epoch, batch])
+        return [rng.integers(0, len(ds), size=self.batch_size) for ds in self.datasets]  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Item]:
         info = get_worker_info()
-        if info is None:
-            base_seed = int(torch.randint(0, 2**62, (1,)).item())
-            worker_id, num_workers = 0, 1
-        else:
-            base_seed, worker_id, num_workers = int(info.seed), info.id, info.num_workers
-        self._passes += 1
-        rng = np.random.default_rng([base_seed, self.rank, worker_id, self._passes])
-        sizes = [len(ds) for ds in self.datasets]  # type: ignore[arg-type]
-        for _ in range(self.steps_for_worker(worker_id, num_workers)):
-            for ds, n in zip(self.datasets, sizes, strict=True):
-                for index in rng.integers(0, n, size=self.batch_size):
+        worker_id, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for batch in range(self.start + worker_id, self.steps_per_epoch, num_workers):
+            for ds, indices in zip(self.datasets, self.batch_indices(self.epoch, batch), strict=True):
+                for index in indices:
                     yield ds[int(index)]
+
+
+class PositionedLoader(DataLoader):
+    """A DataLoader over a :class:`DomainBalancedStream` that tells the stream where training stands.
+
+    Before each pass it asks ``position()`` for ``(epoch, first batch)``: from the trainer when there is
+    one (after a resume, the batch the interrupted epoch stopped at), else a pass counter. Workers are
+    not persistent, so each pass's workers receive the current position.
+    """
+
+    def __init__(
+        self, stream: DomainBalancedStream, position: Callable[[], tuple[int, int]], **kwargs
+    ) -> None:
+        super().__init__(stream, batch_size=stream.step_size, persistent_workers=False, **kwargs)
+        self.position = position
+
+    def __iter__(self):
+        self.dataset.epoch, self.dataset.start = self.position()
+        return super().__iter__()
 
 
 class MultiDomainDataModule(LightningDataModule, abc.ABC):
@@ -164,7 +183,10 @@ class MultiDomainDataModule(LightningDataModule, abc.ABC):
         batch_size: training samples PER SOURCE DOMAIN per step.
         eval_batch_size: batch size of the validation and test loaders.
         steps_per_epoch: training steps per Lightning epoch (SWAD's checkpoint frequency).
-        num_workers: DataLoader workers (persistent when > 0).
+        num_workers: DataLoader workers (evaluation workers are persistent; training workers are
+            restarted each epoch so they receive the epoch's position).
+        seed: seed of the training draws; default: the seed given to ``lightning.seed_everything``
+            (``PL_GLOBAL_SEED``), else 0.
         pin_memory: DataLoader ``pin_memory``.
     """
 
@@ -180,9 +202,12 @@ class MultiDomainDataModule(LightningDataModule, abc.ABC):
         steps_per_epoch: int = 100,
         num_workers: int = 0,
         pin_memory: bool = False,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
+        self.seed = seed
+        self._passes = 0
         self.test_envs = self._validate_test_envs(spec, test_envs)
         if not 0.0 < holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
@@ -303,16 +328,26 @@ class MultiDomainDataModule(LightningDataModule, abc.ABC):
     def train_dataloader(self) -> DataLoader:
         """Domain-balanced stream: ``steps_per_epoch`` batches of ``batch_size`` per source domain."""
         self._require_setup()
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         stream = DomainBalancedStream(
-            self.train_datasets, self.batch_size, self.steps_per_epoch, rank=dist_rank_and_world_size()[0]
+            self.train_datasets,
+            self.batch_size,
+            self.steps_per_epoch,
+            seed=seed,
+            rank=dist_rank_and_world_size()[0],
         )
-        return DataLoader(
-            stream,
-            batch_size=stream.step_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
+        return PositionedLoader(
+            stream, self._train_position, num_workers=self.num_workers, pin_memory=self.pin_memory
         )
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, first batch) of the coming training pass: the trainer's, or a pass counter without one."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            # after a resume, `processed` is the batch the interrupted epoch goes on with (0 for a new epoch)
+            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        self._passes += 1
+        return self._passes - 1, 0
 
     def _eval_loader(self, datasets: list[Dataset]) -> DataLoader:
         dataset = ConcatDataset(datasets)

@@ -81,6 +81,7 @@ class RotatedDigitsDataModule(MultiDomainDataModule):
         steps_per_epoch: int = 100,
         num_workers: int = 0,
         pin_memory: bool = False,
+        seed: int | None = None,
     ) -> None:
         angles = [int(a) for a in angles]
         if len(angles) < 2:
@@ -101,6 +102,7 @@ class RotatedDigitsDataModule(MultiDomainDataModule):
             steps_per_epoch=steps_per_epoch,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            seed=seed,
         )
         self.angles = angles
         self.image_size = int(image_size)

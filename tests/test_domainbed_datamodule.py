@@ -185,7 +185,7 @@ def test_train_with_two_workers(pacs_root: Path) -> None:
     dm.setup("fit")
     lightning.seed_everything(0)
     loader = dm.train_dataloader()
-    assert loader.persistent_workers
+    assert not loader.persistent_workers  # each pass's workers must receive the pass's position
     epochs = []
     for _ in range(2):
         batches = list(loader)
@@ -194,8 +194,24 @@ def test_train_with_two_workers(pacs_root: Path) -> None:
             assert x.shape == (6, 3, 32, 32)
             assert dom.tolist() == [0, 0, 1, 1, 2, 2]
         epochs.append(torch.cat([x for x, _, _ in batches]))
-    # persistent workers keep their seed; epochs must still draw different samples
     assert not torch.equal(epochs[0], epochs[1])
+    # the same batches, in the same order, as without workers
+    single = make_dm(pacs_root, test_envs=[3], batch_size=2, steps_per_epoch=5, num_workers=0, augment=False)
+    single.setup("fit")
+    lightning.seed_everything(0)
+    plain = single.train_dataloader()
+    assert torch.equal(torch.cat([x for x, _, _ in plain]), epochs[0])
+
+
+def test_any_batch_can_be_drawn_again(pacs_root: Path) -> None:
+    dm = make_dm(pacs_root, batch_size=2, steps_per_epoch=6, augment=False, seed=3)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    full = [x for x, _, _ in loader]  # epoch 0
+    loader.position = lambda: (0, 4)  # a run resumed at batch 4 of epoch 0
+    tail = [x for x, _, _ in loader]
+    assert len(tail) == 2
+    assert all(torch.equal(a, b) for a, b in zip(tail, full[4:], strict=True))
 
 
 def test_training_stream_is_augmented_by_default(pacs_root: Path) -> None:
