@@ -13,6 +13,8 @@ Logged names (other parts of the framework rely on them):
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -104,16 +106,19 @@ class ImageClassifier(L.LightningModule):
     def _log_domain_metrics(self, metrics: PerDomainMeans, stage: str) -> None:
         out = metrics.compute()  # synced across ranks: identical on every rank
         metrics.reset()
+        log = partial(
+            self.log, sync_dist=True
+        )  # identical values; syncing them only silences Lightning's warning
         present = out["present"]
         if not bool(present.any()):
             return
         loss_name = "val/src_loss" if stage == "val" else f"{stage}/loss"
-        self.log(loss_name, out["loss"][present].mean().float(), prog_bar=stage == "val")
-        self.log(f"{stage}/acc", out["acc"][present].mean().float(), prog_bar=True)
+        log(loss_name, out["loss"][present].mean().float(), prog_bar=stage == "val")
+        log(f"{stage}/acc", out["acc"][present].mean().float(), prog_bar=True)
         for i in present.nonzero().flatten().tolist():
             name = self.domain_names[i]
-            self.log(f"{stage}/acc/{name}", out["acc"][i].float())
-            self.log(f"{stage}/loss/{name}", out["loss"][i].float())
+            log(f"{stage}/acc/{name}", out["acc"][i].float())
+            log(f"{stage}/loss/{name}", out["loss"][i].float())
 
     def on_validation_epoch_end(self) -> None:
         self._log_domain_metrics(self.val_metrics, "val")
