@@ -6,6 +6,7 @@ One LightningCLI subclass serves every method:
 - datamodule metadata the model needs is linked, not repeated: `num_classes`, `input_shape`, `domain_names` (a link
   applies only when the datamodule has the attribute and the model takes the argument);
 - the seed defaults to 0, and the resolved config is saved with every run (overwriting on a rerun);
+- checkpoints are written atomically and an unreadable one gives a clear error (`plugins.SafeCheckpointIO`);
 - `--test_after_fit true` tests the fitted model right after `fit`, once per weight variant that callbacks offer
   (e.g. SWAD: last and averaged weights; BestValidationWeights: the best-validation weights) and prints a table.
 """
@@ -19,8 +20,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
+
+from plugins import UNREADABLE, SafeCheckpointIO, corrupt_checkpoint_error
 
 # Third-party notices that say nothing about the user's run.
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -50,6 +54,21 @@ class LitCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads `--ckpt_path` early for its hyperparameters: say clearly when it is unreadable."""
+        try:
+            super()._parse_ckpt_path()
+        except UNREADABLE as exc:
+            raise corrupt_checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), exc) from exc
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """Build the trainer with `SafeCheckpointIO` (atomic saves, clear load errors) unless a config sets one."""
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, SafeCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in LINKED_METADATA:
