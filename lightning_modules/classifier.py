@@ -14,13 +14,14 @@ Logged names (other parts of the framework rely on them):
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.common import check_finite_loss, unpack_batch
+from lightning_modules.common import guard_finite_loss, unpack_batch
 from lightning_modules.metrics import PerDomainMeans
 from lightning_modules.nets.backbones import build_backbone
 
@@ -35,6 +36,7 @@ class ImageClassifier(L.LightningModule):
         dropout: dropout on the pooled feature (DomainBed's `resnet_dropout`).
         lr, weight_decay: Adam hyperparameters (SWAD paper: 5e-5 and 0).
         freeze_bn: keep every BatchNorm in eval mode during training (DomainBed's ResNet does; SWAD relies on it).
+        on_nonfinite_loss: "raise" stops at a NaN/inf loss with the step number; "skip" skips that batch.
     """
 
     def __init__(
@@ -50,8 +52,11 @@ class ImageClassifier(L.LightningModule):
         lr: float = 5e-5,
         weight_decay: float = 0.0,
         freeze_bn: bool = False,
+        on_nonfinite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
+        if on_nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite_loss must be 'raise' or 'skip', got {on_nonfinite_loss!r}")
         self.save_hyperparameters()
         in_chans, height, _ = input_shape
         self.backbone, feat_dim = build_backbone(
@@ -84,8 +89,9 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = unpack_batch(batch)
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        check_finite_loss(loss, self.global_step)
+        loss = guard_finite_loss(self, F.cross_entropy(logits, y), self.hparams.on_nonfinite_loss)
+        if loss is None:
+            return None
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -61,3 +61,30 @@ def test_per_domain_metrics_average_over_domains_present():
     assert out["present"].tolist() == [True, False, True]
     torch.testing.assert_close(out["loss"][[0, 2]], torch.tensor([2.0, 2.0], dtype=torch.float64))
     torch.testing.assert_close(out["acc"][[0, 2]], torch.tensor([0.5, 1.0], dtype=torch.float64))
+
+
+def test_nonfinite_loss_can_skip_the_batch():
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.randn(12, 1, 16, 16)
+    x[4:8] = float("nan")  # the second of three batches
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 3, (12,))), batch_size=4)
+    model = ImageClassifier(
+        backbone="small_cnn", num_classes=3, input_shape=(1, 16, 16), on_nonfinite_loss="skip"
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.warns(RuntimeWarning, match="batch skipped"):
+        trainer.fit(model, loader)
+    assert model.skipped_batches == 1  # (Lightning still counts the step; the optimizer had no gradients)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="on_nonfinite_loss"):
+        ImageClassifier(
+            backbone="small_cnn", num_classes=3, input_shape=(1, 16, 16), on_nonfinite_loss="nope"
+        )
