@@ -1,0 +1,174 @@
+"""Smoke-run each landed method's paper-scale config for a few hundred steps and print steps/s and peak memory.
+
+    python benchmarks/smoke.py                 # on the GPU: bf16 mixed precision, paper-size inputs
+    python benchmarks/smoke.py --cpu           # tiny step counts and inputs, on the CPU (what the tests run)
+    python benchmarks/smoke.py --only swad_pacs --steps 300
+
+The config runs as it is (callbacks, checkpointing, logger into a temporary folder) except that validation
+is off, so the figures are training steps. Data: each entry writes a synthetic dataset in the real on-disk layout (random images), so the real loaders,
+transforms and models run without the real data; the numbers are speed and memory, not accuracy. Pretrained
+weights are off (random init). Results are printed as a table and written to --out as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cli import LitCLI  # noqa: E402
+
+
+def domainbed_tree(
+    root: Path, folder: str, domains: list[str], classes: int, per_class: int, size: int
+) -> Path:
+    rng = np.random.default_rng(0)
+    for d in domains:
+        for c in range(classes):
+            out = root / folder / d / f"class_{c:03d}"
+            out.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(out / f"{i}.jpg")
+    return root
+
+
+@dataclass
+class Entry:
+    """A config, how to build fake data for it, and the overrides for GPU and CPU runs."""
+
+    config: str
+    make_data: Callable[[Path, bool], list[str]]  # (tmp dir, cpu) -> extra CLI args
+    gpu_args: list[str] = field(default_factory=list)
+    cpu_args: list[str] = field(default_factory=list)
+
+
+def swad_pacs_data(tmp: Path, cpu: bool) -> list[str]:
+    from datamodules.domainbed import DATASETS
+
+    info = DATASETS["PACS"]
+    root = domainbed_tree(
+        tmp, info.folder, list(info.domains), info.num_classes, 3 if cpu else 20, 64 if cpu else 256
+    )
+    return [f"--data.root={root}"]
+
+
+ENTRIES: dict[str, Entry] = {
+    "swad_pacs": Entry(
+        "configs/swad/pacs.yaml",
+        swad_pacs_data,
+        gpu_args=["--data.init_args.num_workers=8"],
+        cpu_args=[
+            "--model.init_args.backbone=resnet18",
+            "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=2",
+            "--data.init_args.num_workers=0",
+        ],
+    ),
+}
+
+
+class Meter(L.Callback):
+    """Steps/s over the steps after the first `warmup`, and peak accelerator memory."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.t0, self.t1, self.n = warmup, None, None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.warmup:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+        elif trainer.global_step > self.warmup:
+            self.n = trainer.global_step - self.warmup
+
+    def on_train_end(self, trainer, pl_module):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.t1 = time.perf_counter()
+
+
+def run(name: str, entry: Entry, steps: int, cpu: bool, tmp: Path) -> dict:
+    data_args = entry.make_data(tmp / name, cpu)
+    common = [
+        f"--trainer.max_steps={steps}",
+        "--trainer.limit_val_batches=0",
+        f"--trainer.default_root_dir={tmp / name}",
+        f"--trainer.logger.init_args.save_dir={tmp / name / 'logs'}",
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.pretrained=false",
+    ]
+    device = (
+        ["--trainer.accelerator=cpu", "--trainer.precision=32-true"]
+        if cpu
+        else ["--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.precision=bf16-mixed"]
+    )
+    cli = LitCLI(
+        args=[
+            "-c",
+            str(ROOT / entry.config),
+            *data_args,
+            *common,
+            *device,
+            *(entry.cpu_args if cpu else entry.gpu_args),
+        ],
+        run=False,
+    )
+    meter = Meter(warmup=min(10, steps // 3))
+    cli.trainer.callbacks.append(meter)
+    if torch.cuda.is_available() and not cpu:
+        torch.cuda.reset_peak_memory_stats()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    steps_per_s = meter.n / (meter.t1 - meter.t0) if meter.n else float("nan")
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and not cpu else float("nan")
+    )
+    return {
+        "method": name,
+        "config": entry.config,
+        "steps": steps,
+        "steps_per_s": steps_per_s,
+        "peak_gib": peak,
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cpu", action="store_true", help="tiny CPU run (no GPU needed)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per method (default 200 GPU, 6 CPU)")
+    parser.add_argument("--only", nargs="*", help=f"entries to run (default all: {', '.join(ENTRIES)})")
+    parser.add_argument("--out", type=Path, default=Path("outputs/smoke.json"))
+    args = parser.parse_args(argv)
+    if not args.cpu and not torch.cuda.is_available():
+        parser.error("no GPU visible: use --cpu for the CPU smoke run")
+    steps = args.steps or (6 if args.cpu else 200)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or list(ENTRIES):
+            rows.append(run(name, ENTRIES[name], steps, args.cpu, Path(tmp)))
+    device = "cpu" if args.cpu else torch.cuda.get_device_name(0)
+    print(f"\nsmoke run on {device}, {steps} steps per method")
+    print(f"{'method':20s} {'steps/s':>10s} {'peak GiB':>10s}")
+    for r in rows:
+        print(f"{r['method']:20s} {r['steps_per_s']:10.2f} {r['peak_gib']:10.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
