@@ -1,6 +1,7 @@
-"""Run SWAD on the toy module with N CPU processes (Lightning DDP, gloo) and save the averaged weights.
+"""Run averaging callbacks on the toy module with N CPU processes (Lightning DDP, gloo) and save their results.
 
-Usage: python tests/ddp_swad_worker.py OUT.pt DEVICES GLOBAL_BATCH
+Usage: python tests/ddp_callbacks_worker.py OUT.pt DEVICES GLOBAL_BATCH SETUP
+SETUP: "swad+best" (SWAD and BestValidationWeights together) or "swa".
 With DEVICES=2 each rank takes GLOBAL_BATCH/2 samples (Lightning's DistributedSampler deals indices r, r+2, ...),
 so every step sees the same global batch as a single process with batch GLOBAL_BATCH.
 """
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks import SWAD  # noqa: E402
+from callbacks import SWAD, BestValidationWeights  # noqa: E402
 from lightning_modules.metrics import PerDomainMeans  # noqa: E402
 from tests.toy import ScriptedLossModule  # noqa: E402
 
@@ -42,6 +43,7 @@ class SyncedToy(ScriptedLossModule):
         self.val_metric.reset()
         if not self.trainer.sanity_checking:
             self.real_losses.append(out["loss"].tolist())
+            self.log("val/real", out["loss"].nansum(), sync_dist=True)
 
 
 class InOrderData(L.LightningDataModule):
@@ -67,16 +69,17 @@ class InOrderData(L.LightningDataModule):
 
 
 def main() -> None:
-    out, devices, global_batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    out, devices, global_batch, setup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     L.seed_everything(0)
     module = SyncedToy(LOSSES)
-    swad = SWAD()
+    swad = SWAD() if setup == "swad+best" else SWAD(mode="swa", swa_start_step=12)
+    best = BestValidationWeights(monitor="val/real", mode="min")
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",
         max_steps=STEPS_PER_EPOCH * 20,
-        callbacks=[swad],
+        callbacks=[swad, best] if setup == "swad+best" else [swad],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -92,6 +95,8 @@ def main() -> None:
                 "n_averaged": swad.n_averaged,
                 "global_step": trainer.global_step,
                 "real_losses": module.real_losses,
+                "best_step": best.best_step,
+                "best_state": best.best_state,
             },
             out,
         )
