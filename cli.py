@@ -55,6 +55,10 @@ class LitCLI(LightningCLI):
             run=run,
         )
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit" and self.config.fit.get("ckpt_path") == "last":
+            pin_logger_version_for_resume(self.config.fit)
+
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads `--ckpt_path` early for its hyperparameters: say clearly when it is unreadable."""
         try:
@@ -83,6 +87,32 @@ class LitCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
             self.test_results = test_weight_variants(self.trainer, self.model, self.datamodule)
+
+
+VERSIONED_LOGGERS = ("CSVLogger", "TensorBoardLogger")
+
+
+def pin_logger_version_for_resume(config) -> None:
+    """`fit --ckpt_path last`: continue the newest run of this experiment instead of opening a new version.
+
+    A rerun of the same command would otherwise log into a new `version_N` folder, where Lightning finds no
+    checkpoint and silently starts over. For folder-versioned loggers (CSV, TensorBoard) without an explicit
+    `version`, pick the newest existing `version_N` under `save_dir/name`.
+    """
+    logger = config.get("trainer", {}).get("logger")
+    if (
+        not logger
+        or isinstance(logger, (bool, list))
+        or not str(logger.get("class_path", "")).endswith(VERSIONED_LOGGERS)
+    ):
+        return
+    args = logger.get("init_args", {})
+    if args.get("version") is not None:
+        return
+    folder = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+    versions = [int(p.name.split("_")[1]) for p in folder.glob("version_*") if p.name.split("_")[1].isdigit()]
+    if versions:
+        args["version"] = max(versions)
 
 
 def test_weight_variants(
