@@ -8,7 +8,8 @@ Each run is `cli.py fit -c CONFIG --data.init_args.test_envs [e] --seed_everythi
 ERM last iterate, ERM selected by training-domain validation ("iid"), and the averaged weights (SWAD or SWA)
 when the config has that callback; columns: each target domain, then the average over domains. Cells are mean and
 standard deviation over seeds (the average column averages domains within a seed first). Written as Markdown and
-CSV, with the per-run numbers in JSON.
+CSV, with the per-run numbers in JSON. `--resume` keeps the runs already in OUT/runs.json (same config and
+overrides assumed) and runs the rest.
 """
 
 from __future__ import annotations
@@ -87,18 +88,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--envs", type=int, nargs="*", help="target domains (default: every domain)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("outputs/lodo"))
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the runs already in OUT/runs.json, run the rest"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     probe = LitCLI(args=[*sum((["-c", c] for c in args.config), []), *extra], run=False)
     n_domains = len(probe.datamodule.domain_names)
     envs = args.envs if args.envs else list(range(n_domains))
-    runs = []
+    done_file = args.out / "runs.json"
+    runs = json.loads(done_file.read_text()) if args.resume and done_file.is_file() else []
+    done = {(r["env"], r["seed"]) for r in runs}
     for seed in args.seeds:
         for env in envs:
+            if (env, seed) in done:
+                continue
             acc, domain = run_one(args.config, env, seed, extra, args.out)
             runs.append({"env": env, "domain": domain, "seed": seed, "acc": acc})
-            (args.out / "runs.json").write_text(json.dumps(runs, indent=2))
+            done_file.write_text(json.dumps(runs, indent=2))
+    runs = [r for r in runs if r["seed"] in args.seeds and r["env"] in envs]
     header, rows = summarize(runs, args.seeds)
     md = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
         "| " + " | ".join(r) + " |" for r in rows

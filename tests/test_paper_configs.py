@@ -69,29 +69,28 @@ def test_missing_dataset_root_is_one_clear_error(tmp_path):
     assert "download" in str(exc.value).lower()
 
 
-def test_lodo_runner_writes_domainbed_table(tmp_path):
+def test_lodo_runner_writes_domainbed_table(tmp_path, monkeypatch):
     out = tmp_path / "lodo"
-    run_lodo.main(
-        [
-            "-c",
-            str(ROOT / "configs" / "swad" / "rotated_digits.yaml"),
-            "--envs",
-            "0",
-            "5",
-            "--seeds",
-            "0",
-            "1",
-            "--out",
-            str(out),
-            "--",
-            "--trainer.max_steps=20",
-            "--data.init_args.steps_per_epoch=5",
-            "--data.init_args.batch_size=8",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
-        ]
-    )
+    args = [
+        "-c",
+        str(ROOT / "configs" / "swad" / "rotated_digits.yaml"),
+        "--envs",
+        "0",
+        "5",
+        "--seeds",
+        "0",
+        "1",
+        "--out",
+        str(out),
+        "--",
+        "--trainer.max_steps=20",
+        "--data.init_args.steps_per_epoch=5",
+        "--data.init_args.batch_size=8",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+    ]
+    run_lodo.main(args)
     runs = json.loads((out / "runs.json").read_text())
     assert sorted((r["env"], r["seed"]) for r in runs) == [(0, 0), (0, 1), (5, 0), (5, 1)]
     table = (out / "table.md").read_text()
@@ -101,3 +100,7 @@ def test_lodo_runner_writes_domainbed_table(tmp_path):
     per_seed = [statistics.fmean(r["acc"]["last"] for r in runs if r["seed"] == s) for s in (0, 1)]
     row = next(line for line in table.splitlines() if line.startswith("| ERM (last iterate)"))
     assert row.split("|")[-2].strip() == run_lodo.mean_std(per_seed)
+    # --resume reuses the finished runs: nothing is trained again, the table is the same
+    monkeypatch.setattr(run_lodo, "run_one", lambda *a, **k: pytest.fail("a finished run was run again"))
+    run_lodo.main([*args[: args.index("--")], "--resume", *args[args.index("--") :]])
+    assert (out / "table.md").read_text() == table
