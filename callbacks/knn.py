@@ -20,6 +20,11 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 
+def _empty(state: list | torch.Tensor) -> bool:
+    """A "cat" state is a list of tensors before a DDP sync and one tensor after it."""
+    return len(state) == 0 if isinstance(state, list) else state.numel() == 0
+
+
 class WeightedKNN(Metric):
     """Weighted k-NN top-1 / top-5 accuracy of `queries` given a labelled `bank` (cosine, exp(sim/T) votes)."""
 
@@ -46,7 +51,7 @@ class WeightedKNN(Metric):
             self.query_labels.append(labels.detach().long())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        if not self.bank_feats or not self.query_feats:
+        if _empty(self.bank_feats) or _empty(self.query_feats):
             raise RuntimeError("WeightedKNN needs bank and query features before compute()")
         bank, bank_y = dim_zero_cat(self.bank_feats), dim_zero_cat(self.bank_labels)
         queries, query_y = dim_zero_cat(self.query_feats), dim_zero_cat(self.query_labels)
