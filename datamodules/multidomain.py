@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, get_worker_info
+
+from datamodules.loaders import eval_dataloader
 
 Item = tuple[torch.Tensor, int, int]
 
@@ -350,19 +351,9 @@ class MultiDomainDataModule(LightningDataModule, abc.ABC):
         return self._passes - 1, 0
 
     def _eval_loader(self, datasets: list[Dataset]) -> DataLoader:
-        dataset = ConcatDataset(datasets)
-        sampler = None
-        if dist_rank_and_world_size()[1] > 1:
-            # Every sample exactly once across ranks (Lightning keeps an existing DistributedSampler).
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        return DataLoader(
-            dataset,
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
+        # every sample exactly once across ranks
+        return eval_dataloader(
+            ConcatDataset(datasets), self.eval_batch_size, self.num_workers, self.pin_memory
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.loaders import eval_dataloader
 from datamodules.ssl.augment import RECIPES, DigitsStrengthAugment, eval_transform, view_transform
 from datamodules.ssl.datasets import (
     ArrayImages,
@@ -109,9 +110,10 @@ class SSLDataModule(L.LightningDataModule):
         return self._loader(self.train_set, self.batch_size, True, self.drop_last)
 
     def val_dataloader(self) -> list[DataLoader]:
+        """[k-NN bank, queries]; under DDP each sample goes to exactly one rank (no padding duplicates)."""
         return [
-            self._loader(self.bank_set, self.eval_batch_size, False),
-            self._loader(self.test_set, self.eval_batch_size, False),
+            eval_dataloader(self.bank_set, self.eval_batch_size, self.num_workers, self.pin_memory),
+            eval_dataloader(self.test_set, self.eval_batch_size, self.num_workers, self.pin_memory),
         ]
 
     def test_dataloader(self) -> list[DataLoader]:
