@@ -23,6 +23,7 @@ def main() -> None:
             "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
             f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
             "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            f"--trainer.default_root_dir={Path(out).parent}",  # the saved config goes there, not into the repo
         ],
         run=False,
     )  # fmt: skip
