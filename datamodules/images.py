@@ -26,6 +26,7 @@ from torchvision import transforms as T
 
 from datamodules.domainbed import load_rgb
 from datamodules.errors import DataLayoutError
+from datamodules.loaders import eval_dataloader
 from datamodules.rotated_digits import upsampled_digits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -108,10 +109,11 @@ class _UnconditionalImages(L.LightningDataModule):
         return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, self.eval_batch_size, shuffle=False)
+        # every held-out image on exactly one rank under DDP (no padding duplicates in losses or FID statistics)
+        return eval_dataloader(self.eval_set, self.eval_batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, self.eval_batch_size, shuffle=False)
+        return eval_dataloader(self.eval_set, self.eval_batch_size, self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(IndexDataset(self.predict_samples), batch_size=self.predict_batch_size)
