@@ -155,3 +155,23 @@ def test_per_task_grads_zero_for_unreached_parameters():
     losses = torch.stack([(2 * a).sum(), (a * a).sum()])
     g = per_task_grads(losses, [a, b], batched=False)
     torch.testing.assert_close(g, torch.tensor([[2.0, 2.0, 0, 0, 0], [2.0, 2.0, 0, 0, 0]]))
+
+
+def test_nash_between_solves_uses_one_weighted_backward_equal_to_combining_cluster_grads():
+    module, bounds, x, t, noise, params = _cluster_setup()
+
+    def loss_fn(index):
+        return module.per_sample_losses(x[index], t[index], noise[index])
+
+    reducer = SurgeryReducer(bounds, "nash", nash_update_every=25)
+    assert not reducer.reuses_nash_weights(3)  # no weights solved yet
+    grads, _, _ = reducer.cluster_grads(loss_fn, t, params)
+    reducer.combine(grads, step=0)  # solves alpha
+    assert reducer.reuses_nash_weights(3) and not reducer.reuses_nash_weights(25)
+    assert not np.allclose(
+        reducer.alpha, reducer.alpha[0]
+    )  # unequal weights, so the check below is not trivial
+    expected, _ = reducer.combine(grads, step=3)  # same alpha, combined from the k cluster gradients
+    flat, losses, cluster = reducer.weighted_grad(loss_fn, t, params)
+    torch.testing.assert_close(flat, expected, atol=1e-6, rtol=1e-4)
+    assert losses.shape == t.shape and cluster.shape == (5,)

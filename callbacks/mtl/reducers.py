@@ -75,7 +75,8 @@ class SurgeryReducer(MeanReducer):
             ``batched``: one full-batch forward and one vectorized backward (``is_grads_batched``);
             ``loop``: one full-batch forward and k backward passes with ``retain_graph``.
         seed: PCGrad's random projection order is drawn from ``seed`` and the step, identically on every rank.
-        nash_update_every: NashMTL re-solves its weights every this many steps (official: 25).
+        nash_update_every: NashMTL re-solves its weights every this many steps (official: 25); in between it
+            back-propagates the alpha-weighted loss once, so its cost is amortized (``weighted_grad``).
         max_grad_norm: gradient-norm clipping of the combined gradient (NashMTL official: 1.0; None = off).
     """
 
@@ -139,14 +140,46 @@ class SurgeryReducer(MeanReducer):
             cluster.append(mean.detach())
         return torch.stack(rows), losses, torch.stack(cluster)
 
+    def reuses_nash_weights(self, step: int) -> bool:
+        """True on NashMTL's steps between re-solves: the weights are known, no per-cluster gradient is needed."""
+        return self.method == "nash" and self.alpha is not None and step % self.nash_update_every != 0
+
+    def weighted_grad(self, loss_fn, timesteps: torch.Tensor, params: list[torch.Tensor]):
+        """NashMTL between re-solves: one backward of ``sum_i alpha_i L_i / k`` (as the official code does).
+
+        Equal to combining the k per-cluster gradients with the same alpha, at the cost of one pass.
+        Returns ``(flat gradient (P,), per_sample_loss (B,), cluster losses (k,))``.
+        """
+        losses = loss_fn(torch.arange(len(timesteps), device=timesteps.device))
+        cluster = self.cluster_losses(losses, timesteps)
+        alpha = torch.as_tensor(self.alpha, dtype=cluster.dtype, device=cluster.device)
+        grads = torch.autograd.grad((alpha * cluster).sum() / self.k, params, allow_unused=True)
+        flat = torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                for g, p in zip(grads, params, strict=True)
+            ]
+        )
+        return flat, losses.detach(), cluster.detach()
+
     def manual_step(self, module, loss_fn, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         optimizer = module.optimizers()
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-        grads, losses, cluster = self.cluster_grads(loss_fn, timesteps, params)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(grads)  # sum over ranks, then mean: the per-cluster gradients of the global batch
-            grads /= dist.get_world_size()
-        combined, weights = self.combine(grads, module.global_step)
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if self.reuses_nash_weights(module.global_step):
+            combined, losses, cluster = self.weighted_grad(loss_fn, timesteps, params)
+            weights = torch.as_tensor(self.alpha, dtype=combined.dtype)
+            if distributed:  # each rank's loss is its local mean: average to the global batch's gradient
+                dist.all_reduce(combined)
+                combined /= dist.get_world_size()
+        else:
+            grads, losses, cluster = self.cluster_grads(loss_fn, timesteps, params)
+            if distributed:
+                dist.all_reduce(
+                    grads
+                )  # sum over ranks, then mean: the per-cluster gradients of the global batch
+                grads /= dist.get_world_size()
+            combined, weights = self.combine(grads, module.global_step)
         assign_flat_grad(params, combined)
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
