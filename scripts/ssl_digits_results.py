@@ -3,6 +3,7 @@
     python scripts/ssl_digits_results.py --seeds 0 1 2 --out docs/results/ssl_digits
     python scripts/ssl_digits_results.py --methods simclr --variants none score random --jobs 2
     python scripts/ssl_digits_results.py --epochs 20 --pretrain_steps 500 --jobs 2   # the docs' table
+    python scripts/ssl_digits_results.py --epochs 20 --pretrain_steps 500 --variants none score random --reuse
 
 Each run is `cli.py fit -c configs/scorecl/<method>_digits[_scorecl].yaml --seed_everything <seed> --test_after_fit
 true` in a subprocess (`--jobs` at a time, one CPU thread each). Variants: `none` (the base method), `score`
@@ -52,6 +53,10 @@ def variant_config(
 
 def run_one(method: str, variant: str, seed: int, logs: Path, tmp: Path, args: argparse.Namespace) -> dict:
     save_dir = logs / f"{method}_{variant}_seed{seed}"
+    done = sorted(save_dir.rglob("test_results.json"))
+    if args.reuse and done:  # a finished run of this method/variant/seed: take its numbers
+        result = json.loads(done[-1].read_text())["last"]
+        return {"method": method, "variant": variant, "seed": seed, "metrics": result}
     cmd = [
         sys.executable,
         "cli.py",
@@ -110,6 +115,11 @@ def main() -> None:
         "--epochs", type=int, default=None, help="override max_epochs (validate once at the end)"
     )
     parser.add_argument("--pretrain_steps", type=int, default=None, help="override the score net's DSM steps")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the numbers of runs already finished under --log_dir (same settings!) instead of rerunning",
+    )
     parser.add_argument("--out", default="docs/results/ssl_digits")
     parser.add_argument("--log_dir", default="logs/ssl_digits_results", help="run logs and checkpoints")
     parser.add_argument(
