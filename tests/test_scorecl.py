@@ -131,3 +131,13 @@ def test_score_nets_are_noise_conditional():
         net = build_score_net(arch, 1, 8, **kwargs)
         assert net(x, torch.full((2,), 0.1)).shape == x.shape
         assert torch.isfinite(dsm_loss(net, x, sigmas))
+
+
+def test_score_values_track_augmentation_strength_on_digits():
+    """ScoreCL's premise (our spec, section 8, step A): stronger-augmented views get larger score values."""
+    from scripts.scorecl_diagnostics import diagnose
+
+    r = diagnose(seed=0, pretrain_steps=100, pairs=300, width=16)
+    assert r["rho_strength_score"] > 0.3, r
+    assert r["rho_gap_strength_gap_score"] > 0.15, r
+    assert r["dsm_loss_first_last"][1] < r["dsm_loss_first_last"][0]
