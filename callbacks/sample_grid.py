@@ -28,11 +28,14 @@ class SampleGrid(Callback):
         self.last_path: Path | None = None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
+            return
+        # trainer.log_dir broadcasts from rank 0: every rank must ask for it, or rank 0 waits forever under DDP
+        out = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
+        if not trainer.is_global_zero:
             return
         images = pl_module.generate(list(range(self.num_samples)))
         grid = make_grid((images.float().cpu() + 1) / 2, nrow=int(math.ceil(math.sqrt(self.num_samples))))
-        out = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"step_{trainer.global_step:07d}.png"
         tmp = path.with_suffix(".png.tmp")
