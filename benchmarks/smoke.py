@@ -5,15 +5,23 @@
     python benchmarks/smoke.py --only swad_pacs --steps 300
 
 The config runs as it is (callbacks, checkpointing, logger into a temporary folder) except that validation
-is off, so the figures are training steps. Data: each entry writes a synthetic dataset in the real on-disk layout (random images), so the real loaders,
-transforms and models run without the real data; the numbers are speed and memory, not accuracy. Pretrained
-weights are off (random init). Results are printed as a table and written to --out as JSON.
+is off, so the figures are training steps. Data: each entry writes a synthetic dataset in the real on-disk layout
+(random images), so the real loaders, transforms and models run without the real data; the numbers are speed and
+memory, not accuracy. Pretrained weights are off (random init). Results are printed as a table and written to
+--out as JSON.
+
+Entries (paper-scale configs): SWAD on PACS (ResNet-50); SimCLR on CIFAR-10 without and with ScoreCL's pair
+weighting (ResNet-18, batch 256; the ScoreCL score network is pretrained for `SCORE_PRETRAIN_STEPS` steps
+instead of 20k, before the timed steps); ANT with uncertainty weighting on the ADM U-Net at FFHQ 256 px (batch
+10). In --cpu mode the inputs are tiny (32 px CIFAR batch 4, 16 px faces on the `tiny` U-Net preset, ResNet-18
+for SWAD) so the CPU run checks the plumbing, not the speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import tempfile
 import time
@@ -47,12 +55,17 @@ def domainbed_tree(
 
 @dataclass
 class Entry:
-    """A config, how to build fake data for it, and the overrides for GPU and CPU runs."""
+    """A config, how to build fake data for it, and the overrides for GPU and CPU runs.
+
+    ``tweak(cli, tmp, cpu)`` adjusts the instantiated objects where no CLI key reaches (e.g. an init arg of a
+    callback that is not the last one in ``trainer.callbacks``).
+    """
 
     config: str
     make_data: Callable[[Path, bool], list[str]]  # (tmp dir, cpu) -> extra CLI args
     gpu_args: list[str] = field(default_factory=list)
     cpu_args: list[str] = field(default_factory=list)
+    tweak: Callable[[LitCLI, Path, bool], None] | None = None
 
 
 def swad_pacs_data(tmp: Path, cpu: bool) -> list[str]:
@@ -65,15 +78,80 @@ def swad_pacs_data(tmp: Path, cpu: bool) -> list[str]:
     return [f"--data.root={root}"]
 
 
+def cifar10_data(tmp: Path, cpu: bool) -> list[str]:
+    """CIFAR-10's python-pickle release (cifar-10-batches-py/data_batch_1..5, test_batch) with random images."""
+    rng = np.random.default_rng(0)
+    folder = tmp / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 4 if cpu else 2000
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, n).tolist(),
+        }
+        with open(folder / name, "wb") as fh:
+            pickle.dump(entry, fh)
+    return [f"--data.init_args.root={tmp}"]
+
+
+def ffhq_data(tmp: Path, cpu: bool) -> list[str]:
+    """FFHQ's layout (images1024x1024/00000/00000.png ...) with random images at the training size."""
+    rng = np.random.default_rng(0)
+    folder = tmp / "images1024x1024" / "00000"
+    folder.mkdir(parents=True, exist_ok=True)
+    n, size = (40, 16) if cpu else (200, 256)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+    return [f"--data.init_args.root={tmp}", "--data.init_args.num_eval_images=4"]
+
+
+SCORE_PRETRAIN_STEPS = {"gpu": 50, "cpu": 2}
+
+
+def short_score_pretraining(cli: LitCLI, tmp: Path, cpu: bool) -> None:
+    """ScoreCL: a few score-net pretraining steps (the config's 20k would dominate), saved into the temp dir."""
+    (weighting,) = [cb for cb in cli.trainer.callbacks if hasattr(cb, "pretrain_steps")]
+    weighting.pretrain_steps = SCORE_PRETRAIN_STEPS["cpu" if cpu else "gpu"]
+    weighting.save_path = str(tmp / "score_net.pt")
+    if cpu:
+        weighting.score_batch_size = 8
+
+
+SSL_GPU = ["--model.init_args.pretrained=false", "--data.init_args.num_workers=8"]
+SSL_CPU = [
+    "--model.init_args.pretrained=false",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.num_workers=0",
+]
+
 ENTRIES: dict[str, Entry] = {
     "swad_pacs": Entry(
         "configs/swad/pacs.yaml",
         swad_pacs_data,
-        gpu_args=["--data.init_args.num_workers=8"],
+        gpu_args=["--model.init_args.pretrained=false", "--data.init_args.num_workers=8"],
         cpu_args=[
+            "--model.init_args.pretrained=false",
             "--model.init_args.backbone=resnet18",
             "--data.init_args.image_size=32",
             "--data.init_args.batch_size=2",
+            "--data.init_args.num_workers=0",
+        ],
+    ),
+    "simclr_cifar10": Entry("configs/scorecl/simclr_cifar10.yaml", cifar10_data, SSL_GPU, SSL_CPU),
+    "scorecl_simclr_cifar10": Entry(
+        "configs/scorecl/simclr_cifar10_scorecl.yaml",
+        cifar10_data,
+        SSL_GPU,
+        SSL_CPU,
+        tweak=short_score_pretraining,
+    ),
+    "ant_adm_ffhq_uw": Entry(
+        "configs/ant/adm_ffhq_uw.yaml",
+        ffhq_data,
+        gpu_args=["--data.init_args.num_workers=8"],
+        cpu_args=[
+            "--model.init_args.unet_preset=tiny",
+            "--data.init_args.image_size=16",
             "--data.init_args.num_workers=0",
         ],
     ),
@@ -108,7 +186,6 @@ def run(name: str, entry: Entry, steps: int, cpu: bool, tmp: Path) -> dict:
         f"--trainer.default_root_dir={tmp / name}",
         f"--trainer.logger.init_args.save_dir={tmp / name / 'logs'}",
         "--trainer.enable_progress_bar=false",
-        "--model.init_args.pretrained=false",
     ]
     device = (
         ["--trainer.accelerator=cpu", "--trainer.precision=32-true"]
@@ -126,6 +203,8 @@ def run(name: str, entry: Entry, steps: int, cpu: bool, tmp: Path) -> dict:
         ],
         run=False,
     )
+    if entry.tweak is not None:
+        entry.tweak(cli, tmp / name, cpu)
     meter = Meter(warmup=min(10, steps // 3))
     cli.trainer.callbacks.append(meter)
     if torch.cuda.is_available() and not cpu:
