@@ -14,6 +14,8 @@ import timm
 import torch
 from torch import nn
 
+import lightning_modules.prs.nets  # noqa: F401  (registers the prs_* timm models for build_backbone)
+
 
 class SmallCNN(nn.Module):
     """Two 3x3 conv blocks and a flatten: the CPU-demo network of our SWAD spec (2 conv + linear head)."""
