@@ -34,7 +34,9 @@ def load_run(config: str, seed: int, log_dir: Path, runs_dir: Path) -> dict:
         runs_dir.mkdir(parents=True, exist_ok=True)
         copy.write_text(found[-1].read_text())
     if not copy.is_file():
-        raise FileNotFoundError(f"no test_results.json for {name} under {log_dir / name} and no copy at {copy}")
+        raise FileNotFoundError(
+            f"no test_results.json for {name} under {log_dir / name} and no copy at {copy}"
+        )
     return json.loads(copy.read_text())
 
 
@@ -47,8 +49,12 @@ def cell(values: list[float], digits: int, show_runs: bool) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["digits", "digits_uw", "digits_pcgrad", "digits_nash"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--configs", nargs="+", default=["digits", "digits_uw", "digits_pcgrad", "digits_nash"]
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--weights", nargs="+", default=["last", "ema"])
     parser.add_argument("--log_dir", default="logs/ant_results")
@@ -67,7 +73,9 @@ def main() -> None:
                 for key, _, digits in COLUMNS
             ]
             lines.append(f"| `{config}` | {weights} | " + " | ".join(cells) + " |")
-    text = f"Seeds {args.seeds}; mean ± std over seeds (FID: per-seed values in brackets).\n\n" + "\n".join(lines)
+    text = f"Seeds {args.seeds}; mean ± std over seeds (FID: per-seed values in brackets).\n\n" + "\n".join(
+        lines
+    )
     (runs_dir.parent / "table.md").write_text(text + "\n")
     print(text)
 
