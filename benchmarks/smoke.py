@@ -105,6 +105,75 @@ def ffhq_data(tmp: Path, cpu: bool) -> list[str]:
     return [f"--data.init_args.root={tmp}", "--data.init_args.num_eval_images=4"]
 
 
+def cifar100_data(tmp: Path, cpu: bool) -> list[str]:
+    """CIFAR-100's python-pickle release (cifar-100-python/{train,test,meta}) with random images."""
+    rng = np.random.default_rng(0)
+    folder = tmp / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 16 if cpu else 2000
+    for split in ("train", "test"):
+        entry = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"fine_labels": (np.arange(n) % 100).tolist(),
+            b"coarse_labels": (np.arange(n) % 20).tolist(),
+        }
+        with open(folder / split, "wb") as fh:
+            pickle.dump(entry, fh)
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump({b"fine_label_names": [b"c%d" % i for i in range(100)]}, fh)
+    return [f"--data.init_args.root={tmp}"]
+
+
+def qg_squad_data(tmp: Path, cpu: bool) -> list[str]:
+    """lmqg/qg_squad's JSON lines ({train,validation,test}.jsonl) with template paragraphs at SQuAD-like length."""
+    rng = np.random.default_rng(0)
+    tmp.mkdir(parents=True, exist_ok=True)
+    words = [
+        "the",
+        "river",
+        "castle",
+        "king",
+        "museum",
+        "bridge",
+        "festival",
+        "city",
+        "was",
+        "built",
+        "in",
+        "year",
+        "by",
+        "people",
+        "of",
+        "old",
+        "town",
+    ]
+    for split, n in (("train", 16 if cpu else 2000), ("validation", 4), ("test", 4)):
+        with open(tmp / f"{split}.jsonl", "w") as fh:
+            for i in range(n):
+                answer = str(1600 + i % 400)
+                body = " ".join(rng.choice(words, 24 if cpu else 120))
+                sentence = f"The bridge was built in {answer}."
+                row = {
+                    "paragraph": f"{body} {sentence}",
+                    "paragraph_answer": f"{body} The bridge was built in <hl> {answer} <hl>.",
+                    "sentence": sentence,
+                    "answer": answer,
+                    "question": "When was the bridge built?",
+                }
+                fh.write(json.dumps(row) + "\n")
+    return [f"--data.init_args.root={tmp}"]
+
+
+# T5-large's shape (the paper-scale config's model) with random weights: no checkpoint is needed for speed/memory.
+T5_LARGE = "{model_type: t5, d_model: 1024, d_ff: 4096, d_kv: 64, num_heads: 16, num_layers: 24}"
+T5_TINY = "{model_type: t5, d_model: 32, d_ff: 64, d_kv: 8, num_heads: 4, num_layers: 2}"
+QG_COMMON = [
+    "--model.init_args.model_path=null",
+    "--model.init_args.tokenizer=packaged:all-MiniLM-L6-v2",
+    "--data.init_args.tokenizer=packaged:all-MiniLM-L6-v2",
+    "--data.init_args.num_workers=0",
+]
+
 SCORE_PRETRAIN_STEPS = {"gpu": 50, "cpu": 2}
 
 
@@ -144,6 +213,22 @@ ENTRIES: dict[str, Entry] = {
         SSL_GPU,
         SSL_CPU,
         tweak=short_score_pretraining,
+    ),
+    "prs_cifar100": Entry(
+        "configs/prs/cifar100.yaml",
+        cifar100_data,
+        gpu_args=["--data.init_args.num_workers=8"],
+        cpu_args=[
+            "--model.init_args.backbone=prs_vit_digits",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=0",
+        ],
+    ),
+    "qg_t5_squad": Entry(
+        "configs/qg/t5_squad.yaml",
+        qg_squad_data,
+        gpu_args=[*QG_COMMON, f"--model.init_args.model_config={T5_LARGE}"],
+        cpu_args=[*QG_COMMON, f"--model.init_args.model_config={T5_TINY}", "--data.init_args.batch_size=2"],
     ),
     "ant_adm_ffhq_uw": Entry(
         "configs/ant/adm_ffhq_uw.yaml",

@@ -13,10 +13,18 @@ from benchmarks import smoke  # noqa: E402
 
 
 def test_smoke_script_cpu_mode(tmp_path):
-    """Every entry (SWAD, SimCLR with and without ScoreCL, ANT-UW) runs 3 steps; 2 of them are timed."""
+    """Every entry (SWAD, SimCLR with and without ScoreCL, PRS, QG, ANT-UW) runs 3 steps; 2 of them are timed."""
     rows = smoke.main(["--cpu", "--steps", "3", "--out", str(tmp_path / "smoke.json")])
     assert [r["method"] for r in rows] == list(smoke.ENTRIES)
-    assert {"swad_pacs", "simclr_cifar10", "scorecl_simclr_cifar10", "ant_adm_ffhq_uw"} <= set(smoke.ENTRIES)
+    expected = {
+        "swad_pacs",
+        "simclr_cifar10",
+        "scorecl_simclr_cifar10",
+        "prs_cifar100",
+        "qg_t5_squad",
+        "ant_adm_ffhq_uw",
+    }
+    assert expected <= set(smoke.ENTRIES)
     assert all(r["steps"] == 3 and r["steps_per_s"] > 0 and math.isfinite(r["steps_per_s"]) for r in rows)
     saved = json.loads((tmp_path / "smoke.json").read_text())
     assert saved["device"] == "cpu" and [r["method"] for r in saved["rows"]] == list(smoke.ENTRIES)
