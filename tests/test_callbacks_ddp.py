@@ -13,9 +13,6 @@ DDP test lives:
 - LossValley (`callbacks/loss_valley.py`) is SWAD's valley detector and runs inside the SWAD setups here.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +20,13 @@ import pytest
 import torch
 from PIL import Image
 
+from tests import ddp_runner
+
 WORKER = Path(__file__).with_name("ddp_callbacks_worker.py")
 
 
 def run_worker(out: Path, devices: int, setup: str) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(devices), "8", setup],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=WORKER.parents[1],
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return torch.load(out)
+    return ddp_runner.run_worker(WORKER, out, devices, 8, setup)
 
 
 def assert_close_lists(a, b):

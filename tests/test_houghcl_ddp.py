@@ -1,29 +1,18 @@
 """DenseCL queues under real DDP (2 CPU processes, gloo) equal one process on the global batch: keys are
 all-gathered (in rank order) before they are enqueued, and the queue wraps around identically."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+
+from tests import ddp_runner
 
 WORKER = Path(__file__).with_name("ddp_houghcl_worker.py")
 GLOBAL_BATCH = 16
 
 
 def run_worker(out: Path, devices: int) -> list[dict]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(devices), str(GLOBAL_BATCH)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=WORKER.parents[1],
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return torch.load(out, weights_only=False)
+    return ddp_runner.run_worker(WORKER, out, devices, GLOBAL_BATCH, timeout=300)
 
 
 def test_ddp_queues_equal_single_process(tmp_path):

@@ -1,22 +1,16 @@
 """k-NN evaluation under real DDP (2 gloo processes) equals one process: no padded duplicates in bank or queries."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests import ddp_runner
 
 WORKER = Path(__file__).with_name("ddp_knn_worker.py")
 
 
 def run(out: Path, devices: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(WORKER), str(out), str(devices)], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=WORKER.parents[1])  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return torch.load(out)
+    return ddp_runner.run_worker(WORKER, out, devices)
 
 
 def test_knn_accuracy_under_ddp_equals_single_process(tmp_path):

@@ -6,13 +6,12 @@ alpha-weighted loss. Both the applied gradients (every step) and the final param
 3 steps with a re-solve every 2, so it covers solve steps (0, 2) and a reuse step (1).
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests import ddp_runner
 
 WORKER = Path(__file__).with_name("ddp_mtl_worker.py")
 
@@ -21,17 +20,7 @@ STEPS = {"uw": 2, "pcgrad": 2, "nash": 3}
 
 
 def run_worker(out: Path, devices: int, method: str) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(devices), method, str(STEPS[method])],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=WORKER.parents[1],
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return torch.load(out)
+    return ddp_runner.run_worker(WORKER, out, devices, method, STEPS[method], timeout=300)
 
 
 @pytest.mark.parametrize("method", ["uw", "pcgrad", "nash"])

@@ -1,30 +1,19 @@
 """SimCLR + ScoreCL under real DDP (2 CPU processes, gloo) equals one process on the global batch: NT-Xent negatives
 are gathered across ranks, and ScoreCL's pair gaps are gathered before normalising."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests import ddp_runner
 
 WORKER = Path(__file__).with_name("ddp_simclr_worker.py")
 GLOBAL_BATCH = 16
 
 
 def run_worker(out: Path, devices: int, *extra: str) -> list[dict]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), str(devices), str(GLOBAL_BATCH), *extra],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=WORKER.parents[1],
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return torch.load(out, weights_only=False)
+    return ddp_runner.run_worker(WORKER, out, devices, GLOBAL_BATCH, *extra, timeout=300)
 
 
 def test_ddp_simclr_with_scorecl_equals_single_process(tmp_path):
