@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.common import check_finite_loss
 from lightning_modules.houghcl.geometry import PairPrecision, pair_correctness
 from lightning_modules.houghcl.pairs import build_pair_rule
 from lightning_modules.nets.backbones import SmallCNN
@@ -226,14 +225,5 @@ class DenseCLModule(SSLModule):
         if not isinstance(batch, dict) or "views" not in batch or len(batch["views"]) < 2:
             raise ValueError("DenseCL training batches must be dicts with two 'views' (datamodules.houghcl)")
         per_pair, q_feat, logs = self.dense_losses(batch)
-        self.last_pair_losses = per_pair.detach()
-        ssl_loss = self.pair_reducer(per_pair)
         probe_loss = F.cross_entropy(self.probe(q_feat.detach()), batch["labels"])
-        loss = ssl_loss + probe_loss
-        check_finite_loss(loss, self.global_step)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/ssl_loss", ssl_loss)
-        self.log("train/probe_loss", probe_loss)
-        for name, value in logs.items():
-            self.log(f"train/{name}", value)
-        return loss
+        return self.combine_losses(per_pair, 0.0, probe_loss, logs)

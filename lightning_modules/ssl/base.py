@@ -168,11 +168,18 @@ class SSLModule(L.LightningModule):
         per_pair, extra, logs = self.ssl_losses(feats, batch)
         if per_pair.ndim != 1 or per_pair.shape[0] != views[0].shape[0]:
             raise RuntimeError(f"ssl_losses must return one loss per pair, got shape {tuple(per_pair.shape)}")
-        self.last_pair_losses = per_pair.detach()
-        ssl_loss = self.pair_reducer(per_pair) + extra
         n_probe = min(2, len(feats))
         probe_logits = self.probe(torch.cat(feats[:n_probe]).detach())
         probe_loss = F.cross_entropy(probe_logits, labels.repeat(n_probe))
+        return self.combine_losses(per_pair, extra, probe_loss, logs)
+
+    def combine_losses(
+        self, per_pair: torch.Tensor, extra: torch.Tensor | float, probe_loss: torch.Tensor, logs: dict
+    ) -> torch.Tensor:
+        """The optimised loss from per-pair losses (through `pair_reducer`, ScoreCL's hook), batch-level terms and
+        the probe's loss; checked for non-finite values and logged. Every SSL module's training step ends here."""
+        self.last_pair_losses = per_pair.detach()
+        ssl_loss = self.pair_reducer(per_pair) + extra
         loss = ssl_loss + probe_loss
         check_finite_loss(loss, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
