@@ -7,6 +7,8 @@ One LightningCLI subclass serves every method:
   applies only when the datamodule has the attribute and the model takes the argument);
 - the seed defaults to 0, and the resolved config is saved with every run (overwriting on a rerun);
 - checkpoints are written atomically and an unreadable one gives a clear error (`plugins.SafeCheckpointIO`);
+- inside SLURM, auto-requeue is DDP-safe: the requeue signal is acted on at a step boundary on all ranks together
+  (`callbacks.slurm_requeue.SlurmRequeue` replaces Lightning's in-handler checkpoint);
 - `--test_after_fit true` tests the fitted model right after `fit`, once per weight variant that callbacks offer
   (e.g. SWAD: last and averaged weights; BestValidationWeights: the best-validation weights) and prints a table.
 """
@@ -21,9 +23,11 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.slurm_requeue import SlurmRequeue
 from plugins import UNREADABLE, SafeCheckpointIO, corrupt_checkpoint_error
 
 # Third-party notices that say nothing about the user's run.
@@ -67,11 +71,24 @@ class LitCLI(LightningCLI):
             raise corrupt_checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), exc) from exc
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        """Build the trainer with `SafeCheckpointIO` (atomic saves, clear load errors) unless a config sets one."""
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
+        """Build the trainer with the framework's defaults, each only where the config sets nothing of its kind.
+
+        - `SafeCheckpointIO`: atomic saves, clear load errors;
+        - inside a SLURM job step: `SLURMEnvironment(auto_requeue=False)` and the `SlurmRequeue` callback, which
+          checkpoints and requeues at a step boundary on every rank together (Lightning's own handler saves inside
+          the signal handler, which can deadlock DDP ranks; see `callbacks/slurm_requeue.py`).
+        """
+        trainer = self._get(self.config_init, "trainer", default={})
+        plugins = trainer.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs["plugins"] = [*plugins, SafeCheckpointIO()]
+            plugins.append(SafeCheckpointIO())
+        if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+            callbacks = trainer.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            kwargs["callbacks"] = [*callbacks, SlurmRequeue()]
+        kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -85,7 +85,7 @@ def test_sigusr1_requeues_and_resumes_to_the_same_weights(cluster, tmp_path):
     sbatch(tmp_path / "plain", "litlab-plain", steps, wait=True)
     run_dir = tmp_path / "signalled"
     job, out = sbatch(run_dir, "litlab-requeue", steps, wait=False)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 480
     while not list(
         run_dir.glob("*/*/checkpoints/*.ckpt")
     ):  # the first epoch has ended: training is under way
