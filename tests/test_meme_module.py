@@ -214,3 +214,20 @@ def test_timestep_mtl_composes_with_a_single_denoiser_and_is_refused_across_expe
     assert counts.tolist() == [4, 4, 4, 4]  # the callback's stratified sampler drew the timesteps
     with pytest.raises(RuntimeError, match="expert_index"):
         fit(tiny(), tmp_path, 1, [TimestepMTL(method="uw", num_clusters=4)])
+
+
+def test_timestep_mtl_inside_one_expert_clusters_that_experts_interval(tmp_path):
+    from callbacks.mtl.callback import TimestepMTL
+
+    L.seed_everything(0)
+    expert = tiny(expert_index=2)  # 4 uniform experts over T = 1000: expert 2 owns [500, 750)
+    mtl = TimestepMTL(method="uw", num_clusters=2, clustering="snr")
+    fit(expert, tmp_path, 1, [mtl])
+    assert mtl.boundaries[0] == 500 and mtl.boundaries[-1] == 750 and len(mtl.boundaries) == 3
+    t = expert.timesteps
+    assert t.min() >= 500 and t.max() < 750  # the stratified sampler stayed inside the expert's interval
+    ids = torch.bucketize(t, torch.tensor(mtl.boundaries[1:-1]), right=True)
+    assert torch.bincount(ids, minlength=2).tolist() == [8, 8]  # B / k per sub-interval
+    with pytest.raises(RuntimeError, match="hard assignment"):
+        soft = tiny(expert_index=2, assignment="soft", p=[0.7, 0.7, 0.7, 0.7])
+        fit(soft, tmp_path, 1, [TimestepMTL(method="uw", num_clusters=2)])

@@ -175,3 +175,17 @@ def test_nash_between_solves_uses_one_weighted_backward_equal_to_combining_clust
     flat, losses, cluster = reducer.weighted_grad(loss_fn, t, params)
     torch.testing.assert_close(flat, expected, atol=1e-6, rtol=1e-4)
     assert losses.shape == t.shape and cluster.shape == (5,)
+
+
+def test_boundaries_split_a_timestep_range_when_the_module_gives_one():
+    from callbacks.mtl.callback import TimestepMTL
+
+    assert TimestepMTL(num_clusters=2).compute_boundaries(1000, timestep_range=(500, 750)) == [500, 625, 750]
+    t = TimestepMTL(num_clusters=2, clustering="timestep").compute_boundaries(1000, timestep_range=(100, 200))
+    assert t[0] == 100 and t[-1] == 200 and 100 < t[1] < 200
+    fixed = TimestepMTL(boundaries=[500, 600, 750])
+    assert fixed.compute_boundaries(1000, timestep_range=(500, 750)) == [500, 600, 750]
+    with pytest.raises(ValueError, match="from 500 to 750"):
+        TimestepMTL(boundaries=[0, 600, 1000]).compute_boundaries(1000, timestep_range=(500, 750))
+    with pytest.raises(ValueError, match="timestep_range"):
+        TimestepMTL().compute_boundaries(1000, timestep_range=(750, 500))

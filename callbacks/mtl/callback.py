@@ -17,6 +17,11 @@ Under DDP: UW's log-variances are module parameters, so DDP averages their gradi
 k per-cluster gradients before combining them; random choices (PCGrad's order) and Nash's solve are identical on
 every rank. Two processes thus give the update of one process on the global batch (tests/test_mtl_ddp.py).
 The boundaries are logged and stored in the callback's checkpoint state.
+
+Inside one expert of a multi-expert model (MEME, one expert per run) the module may also expose
+``timestep_range = (low, high)``: the timesteps it trains on. The k intervals then split ``low..high-1`` instead of
+``0..T-1`` (same clusterings, on that range; a ``gradient`` affinity file is restricted to the range), so the
+tasks are the expert's own sub-intervals and stratified sampling never leaves the expert's interval.
 """
 
 from __future__ import annotations
@@ -100,24 +105,50 @@ class TimestepMTL(Callback):
         self.boundaries: list[int] | None = None
         self.reducer = None
 
-    def compute_boundaries(self, num_timesteps: int, alphas_cumprod: torch.Tensor | None = None) -> list[int]:
-        """The k intervals' boundaries ``[0, b_1, ..., T]`` for this callback's clustering."""
-        if self.fixed_boundaries is not None:
-            return validate_boundaries(self.fixed_boundaries, num_timesteps)
-        if self.clustering == "uniform":
-            return uniform_boundaries(num_timesteps, self.k)
-        if self.clustering == "gradient":
-            data = torch.load(self.affinity_path, map_location="cpu", weights_only=True)
-            return affinity_boundaries(
-                np.asarray(data["affinity"]), np.asarray(data["timesteps"]), num_timesteps, self.k
+    def compute_boundaries(
+        self,
+        num_timesteps: int,
+        alphas_cumprod: torch.Tensor | None = None,
+        timestep_range: tuple[int, int] | None = None,
+    ) -> list[int]:
+        """The k intervals' boundaries ``[low, b_1, ..., high]`` (``[0, ..., T]`` without ``timestep_range``)."""
+        low, high = (0, num_timesteps) if timestep_range is None else (int(x) for x in timestep_range)
+        if not 0 <= low < high <= num_timesteps:
+            raise ValueError(
+                f"timestep_range must satisfy 0 <= low < high <= {num_timesteps}, got {timestep_range}"
             )
-        dist_matrix = distance_matrix(self.clustering, num_timesteps, alphas_cumprod, self.snr_space)
-        return cluster_intervals(dist_matrix, self.k)[0]
+        n = high - low
+        if self.fixed_boundaries is not None:
+            try:
+                local = validate_boundaries([b - low for b in self.fixed_boundaries], n)
+            except ValueError as exc:
+                raise ValueError(f"boundaries must run from {low} to {high}: {exc}") from None
+        elif self.clustering == "uniform":
+            local = uniform_boundaries(n, self.k)
+        elif self.clustering == "gradient":
+            data = torch.load(self.affinity_path, map_location="cpu", weights_only=True)
+            ts = np.asarray(data["timesteps"])
+            keep = (ts >= low) & (ts < high)
+            if keep.sum() < self.k:
+                raise ValueError(
+                    f"the affinity file has {int(keep.sum())} timesteps in [{low}, {high}); "
+                    f"{self.k} clusters need at least {self.k}"
+                )
+            affinity = np.asarray(data["affinity"])[np.ix_(keep, keep)]
+            local = affinity_boundaries(affinity, ts[keep] - low, n, self.k)
+        else:
+            if alphas_cumprod is not None:
+                alphas_cumprod = torch.as_tensor(alphas_cumprod)[low:high]
+            dist_matrix = distance_matrix(self.clustering, n, alphas_cumprod, self.snr_space)
+            local = cluster_intervals(dist_matrix, self.k)[0]
+        return [low + b for b in local]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.boundaries is None:
             self.boundaries = self.compute_boundaries(
-                int(pl_module.num_train_timesteps), getattr(pl_module, "alphas_cumprod", None)
+                int(pl_module.num_train_timesteps),
+                getattr(pl_module, "alphas_cumprod", None),
+                getattr(pl_module, "timestep_range", None),
             )
         if stage != "fit":
             return

@@ -7,7 +7,7 @@ checkpoint handling) and only changes what the denoiser is and which timesteps t
   its timesteps with the `TimestepAssignment` (hard or soft), so the core's training step, the `EMA` callback
   (``attribute: net``), gradient clipping and checkpoints are all per expert with no extra code, and the
   `TimestepMTL` callback composes inside the expert (its ``timestep_sampler``/``loss_reducer`` contract is the
-  core's). Validation losses are that expert's on every interval.
+  core's; ``timestep_range`` tells it the expert's interval, which its clusters then split; hard assignment only). Validation losses are that expert's on every interval.
 - ``expert_index = None``: ``net`` is `RoutedExperts` over all N experts. With N > 1, each training step gives
   every expert its own timestep draw on the same images and sums the experts' mean losses (spec §2.5
   ``train_all``); gradient-norm clipping is per expert (`configure_gradient_clipping`); an EMA over ``net`` is
@@ -238,9 +238,21 @@ class MEMEModule(DiffusionModule):
         )
 
     # ------------------------------------------------------------------ training
+    @property
+    def timestep_range(self) -> tuple[int, int] | None:
+        """The interval one hard-assigned expert trains on (`TimestepMTL` clusters inside it); else None."""
+        if self.expert_index is None or self.assignment.mode != "hard":
+            return None
+        return self.router.interval(self.expert_index)
+
     def draw_timesteps(self, n: int) -> torch.Tensor:
         """The assignment's draws for the trained expert (single-expert mode); a callback's sampler wins."""
         if self.timestep_sampler is not None:
+            if self.expert_index is not None and self.assignment.mode != "hard":
+                raise RuntimeError(
+                    "a timestep sampler (TimestepMTL) inside one expert needs hard assignment: with soft "
+                    "assignment the expert's timestep distribution is the assignment's, not the sampler's"
+                )
             return super().draw_timesteps(n)
         return self.assignment.draw(self.expert_index or 0, n, device=self.device)
 
