@@ -120,3 +120,26 @@ def test_latent_models_are_refused():
         assert "pixel-space" in str(e)
     else:
         raise AssertionError("a latent diffusion model was accepted")
+
+
+def test_ppap_guides_a_meme_sampler():
+    """MEME's module keeps the core's contract: scale 0 is MEME's own sampler, guidance changes its samples."""
+    from lightning_modules.meme.module import MEMEModule, RoutedExperts
+
+    torch.manual_seed(0)
+    meme = MEMEModule(
+        input_shape=(1, 8, 8),
+        expert_net={"block_out_channels": [8, 16], "head_dim": 4, "norm_num_groups": 4},
+        ratio_stage_scale=[1.0, 0.8],
+        sample_steps=4,
+    ).eval()
+    assert isinstance(meme.net, RoutedExperts)  # four experts, routed per step
+    guide = NoiseRangeGuide(
+        [nn.Sequential(nn.Flatten(), nn.Linear(64, 3)) for _ in range(5)], IntervalRouter.uniform(1000, 5)
+    )
+    indices, y = [0, 1], torch.tensor([1, 2])
+    seeds = [meme.eval_args["sample_seed"] * 1_000_000 + i for i in indices]
+    reference = meme.generate(indices)
+    unguided = guided_sample(meme, guide, y, seeds, scale=0.0)
+    torch.testing.assert_close(unguided, reference, rtol=0, atol=0)
+    assert not torch.allclose(guided_sample(meme, guide, y, seeds, scale=50.0), reference)
