@@ -3,23 +3,16 @@
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from cli import LitCLI
 from tests.test_diffusion_data import write_ffhq
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs" / "ant").glob("*.yaml"))
 FAST = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

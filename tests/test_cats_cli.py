@@ -4,21 +4,13 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 
 from cli import LitCLI
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "cats" / "synthetic.yaml")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: 1 thread avoids oversubscription (15 s vs 0.5 s a step here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_fit_on_synthetic_pairs_lowers_the_loss_and_reports_pck(tmp_path):

@@ -13,16 +13,9 @@ from lightning_modules.cats.nets import (
     soft_argmax_flow,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(channels=(8, 16, 32, 64), stem_width=8)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: 1 thread avoids oversubscription (15 s vs 0.5 s a step here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def kps(*points):

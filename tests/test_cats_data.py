@@ -13,14 +13,7 @@ from datamodules.cats import CorrespondenceDataModule, SyntheticWarpDataModule, 
 from datamodules.errors import CorruptImageError, DataLayoutError
 from lightning_modules.cats.flow import keypoints_to_flow
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: 1 thread avoids oversubscription (15 s vs 0.5 s a step here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_jpeg(path, w, h, seed=0):

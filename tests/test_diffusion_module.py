@@ -15,16 +15,9 @@ from callbacks.sample_grid import SampleGrid
 from datamodules.images import DigitsDataModule
 from lightning_modules.diffusion.module import DiffusionModule
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY_UNET = {"block_out_channels": [16, 32], "norm_num_groups": 8}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a busy 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_module(**kwargs) -> DiffusionModule:

@@ -9,13 +9,7 @@ from datamodules.images import DigitsDataModule
 from lightning_modules.diffusion.module import DiffusionModule
 from tests.toy import RecordIterates, ScriptedLossModule, toy_loaders
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fit(module, callbacks, steps, **loaders):

@@ -10,13 +10,7 @@ from lightning_modules.classifier import ImageClassifier
 from lightning_modules.diffusion.fid import ClassifierFeatures, build_fid
 from lightning_modules.diffusion.module import DiffusionModule
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyFeatures(nn.Module):

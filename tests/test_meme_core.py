@@ -12,13 +12,7 @@ from lightning_modules.meme.assignment import TimestepAssignment
 from lightning_modules.meme.module import MEMEModule, RoutedExperts
 from lightning_modules.meme.nets import FrequencyMixer, IUNet, expert_ratios, split_channels
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ConstantExpert(nn.Module):

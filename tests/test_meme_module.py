@@ -12,18 +12,12 @@ from cli import LitCLI
 from datamodules.images import DigitsDataModule
 from lightning_modules.meme.module import MEMEModule, RoutedExperts
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs" / "meme").glob("*.yaml"))
 NET = {"block_out_channels": [8, 16], "head_dim": 4, "norm_num_groups": 4}
 FAST = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**kwargs) -> MEMEModule:

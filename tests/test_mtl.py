@@ -11,16 +11,9 @@ from callbacks.mtl.reducers import SurgeryReducer, UWReducer
 from callbacks.mtl.sampling import StratifiedTimestepSampler, cluster_ids, cluster_means
 from lightning_modules.diffusion.module import DiffusionModule
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY_UNET = {"block_out_channels": [16, 32], "norm_num_groups": 8}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a busy 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_pcgrad_projects_only_conflicting_gradients():
