@@ -100,6 +100,7 @@ def test_predict_on_a_folder_of_pairs_writes_flow_and_match_png(tmp_path):
             "--model.init_args.feature_size=8",
             "--model.init_args.backbone_kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
             f"--trainer.callbacks.init_args.out_dir={out}",
+            f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
         ]
     )
@@ -109,3 +110,4 @@ def test_predict_on_a_folder_of_pairs_writes_flow_and_match_png(tmp_path):
     assert flow.shape == (2, 32, 32) and np.isfinite(flow).all()
     png = Image.open(out / "00000_b_to_a_matches.png")
     assert png.size == (64, 32)
+    assert (tmp_path / "config.yaml").is_file()  # the run's resolved config, not in the working directory
