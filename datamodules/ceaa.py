@@ -31,9 +31,7 @@ Cross-encoder-style augmentation (reconstructed; the paper's exact input is unkn
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -44,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import DataLayoutError
+from datamodules.files import read_csv_rows, read_jsonl
 from datamodules.loaders import eval_dataloader
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
@@ -115,28 +114,6 @@ def tag_text(raw: str, path_sep: str = "_", joiner: str = " > ", lowercase: bool
 
 
 # ----------------------------------------------------------------------------------------------------- readers
-
-
-def read_csv_rows(path: Path, help_text: str) -> list[dict]:
-    if not path.is_file():
-        raise DataLayoutError(f"missing file {path}. {help_text}")
-    with path.open(encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def read_jsonl(path: Path, help_text: str) -> list[dict]:
-    if not path.is_file():
-        raise DataLayoutError(f"missing file {path}. {help_text}")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataLayoutError(f"{path}:{n} is not valid JSON ({exc.msg}). {help_text}") from exc
-    return rows
 
 
 def check_items(items: list[dict], where: str) -> list[dict]:

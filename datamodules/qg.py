@@ -17,7 +17,6 @@ agree). With a paraphrase cache (see ``scripts/paraphrase_refs.py``) every test 
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import DataLayoutError
+from datamodules.files import read_csv_rows, read_jsonl
 from datamodules.loaders import eval_dataloader
 
 SPLITS = ("train", "validation", "test")
@@ -80,19 +80,7 @@ def read_qg_split(
 ) -> list[dict]:
     """Rows ``{item_id, question, paragraph_answer, answer?, paragraph?, sentence?}`` of one split, checked."""
     path = split_file(root, split, layout)
-    if layout == "lmqg":
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataLayoutError(f"{path}:{n} is not valid JSON ({exc.msg}). {LAYOUT_HELP}") from exc
-    else:
-        with path.open(encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
+    rows = read_jsonl(path, LAYOUT_HELP) if layout == "lmqg" else read_csv_rows(path, LAYOUT_HELP)
     if not rows:
         raise DataLayoutError(f"{path} holds no rows: the {split} split is empty")
     out = []
