@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -136,6 +137,43 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(records: list[dict]) -> str:
+    """Mean ± std over seeds of each trained variant (R@k overall, R@1 by bucket), in percent."""
+    cols = [*(f"R@{k}" for k in KS), *(f"R@1/{b}" for b in BUCKETS if b != "unseen")]
+    lines = [
+        "| variant | seeds | " + " | ".join(cols) + " |",
+        "|" + "---|" * (len(cols) + 2),
+    ]
+    for name in VARIANTS:
+        runs = [r["metrics"] for r in records if r["variant"] == name]
+        if not runs:
+            continue
+        cells = []
+        for c in cols:
+            values = [100 * m[c] for m in runs]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(
+                f"{statistics.mean(values):.1f} ± {std:.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+            )
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, meta: dict) -> None:
+    records = meta["records"]
+    (out / "results.md").write_text(
+        "# CEAA on ARC (MiniLM, CPU)\n\nWritten by `python scripts/ceaa_arc_results.py --data <arc_tagging> "
+        "--seeds ... --variants ...` (every run's CLI commands are listed below; `--report-only` rebuilds this "
+        f"file from results.json).\nSettings: {meta['settings']}.\n\nMean ± std over seeds (R@k, %; zero-shot has no seed):\n\n"
+        + summary(records)
+        + "\n\nEvery run:\n\n"
+        + table(records)
+        + "\n\nCommands:\n\n"
+        + "\n".join(f"- `{c}`" for r in records for c in r["commands"])
+        + "\n"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="folder with train/val/test_QC_data.csv and targets_ARC.csv")
@@ -148,8 +186,14 @@ def main() -> None:
     p.add_argument("--train-subsample", type=int, default=2000, help="training questions used (of 5,597)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--aug-ratio", type=float, default=0.5, help="share of questions augmented (h1, h2)")
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite results.md from results.json, run nothing"
+    )
     args = p.parse_args()
     out = Path(args.out)
+    if args.report_only:
+        write_report(out, json.loads((out / "results.json").read_text()))
+        return
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     previous = out / "results.json"
@@ -171,15 +215,7 @@ def main() -> None:
                 "records": records,
             }
             (out / "results.json").write_text(json.dumps(meta, indent=1))
-            (out / "results.md").write_text(
-                "# CEAA on ARC (MiniLM, CPU)\n\nWritten by `python scripts/ceaa_arc_results.py "
-                + " ".join(sys.argv[1:])
-                + f"`.\nSettings: {meta['settings']}.\n\n"
-                + table(records)
-                + "\n\nCommands:\n\n"
-                + "\n".join(f"- `{c}`" for r in records for c in r["commands"])
-                + "\n"
-            )
+            write_report(out, meta)
 
 
 if __name__ == "__main__":
