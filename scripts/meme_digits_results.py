@@ -14,12 +14,12 @@ Each run is ``python cli.py fit -c configs/meme/digits.yaml [-c configs/meme/<va
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from scripts.ant_digits_table import cell, load_run  # the same run files and table cells as ANT's table
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = [
@@ -56,28 +56,6 @@ def run(variant: str, seed: int, log_dir: Path, steps_per_expert: int | None) ->
     start = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)
     print(f"{variant} seed {seed}: {time.time() - start:.0f} s", flush=True)
-
-
-def load_run(variant: str, seed: int, log_dir: Path, runs_dir: Path) -> dict:
-    name = f"{variant}_seed{seed}"
-    found = sorted((log_dir / name).glob("version_*/test_results.json"), key=lambda p: p.stat().st_mtime)
-    copy = runs_dir / f"{name}.json"
-    if found:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        copy.write_text(found[-1].read_text())
-    if not copy.is_file():
-        raise FileNotFoundError(
-            f"no test_results.json for {name} under {log_dir / name} and no copy at {copy}"
-        )
-    return json.loads(copy.read_text())
-
-
-def cell(values: list[float], digits: int, show_runs: bool) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    text = f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
-    if show_runs:
-        text += " (" + ", ".join(f"{v:.{digits}f}" for v in values) + ")"
-    return text
 
 
 def main() -> None:
