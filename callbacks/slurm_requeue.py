@@ -14,8 +14,9 @@ This callback splits the work the safe way:
 3. then every rank calls ``trainer.save_checkpoint(<default_root_dir>/hpc_ckpt_<n>.ckpt)`` (the file name Lightning
    restores from when the requeued job starts), and rank 0 runs ``scontrol requeue <job id>``.
 
-Training then continues until SLURM ends the job (``scontrol requeue`` stops it and queues it again); a requeue that
-fails is logged and training carries on, checkpoint written. The checkpoint is taken where ModelCheckpoint takes its
+Training then continues until SLURM ends the job (``scontrol requeue`` stops it with SIGTERM and queues it again;
+SIGTERM is reset to its default action once the checkpoint is written, so the tasks exit at once instead of waiting
+for SLURM's SIGKILL); a requeue that fails is logged and training carries on, checkpoint written. The checkpoint is taken where ModelCheckpoint takes its
 own step checkpoints, so a resumed run continues from a consistent step (tested bit for bit in `tests/test_slurm.py`).
 
 LitCLI installs this callback, with ``SLURMEnvironment(auto_requeue=False)`` so Lightning's handler stays off,
@@ -107,6 +108,11 @@ class SlurmRequeue(Callback):
             logger.finalize("finished")  # flush metrics before the job is stopped
         self.checkpoint_path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
         trainer.save_checkpoint(self.checkpoint_path)  # collective: every rank calls it
+        if threading.current_thread() is threading.main_thread():
+            # The requeue ends this job with SIGTERM. Lightning's SIGTERM handler runs a broadcast inside the
+            # handler (the same hazard as above) and then waits for SLURM's SIGKILL; with the checkpoint on disk
+            # the right reaction is to exit at once.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if rank_zero:
             self._requeue()
 

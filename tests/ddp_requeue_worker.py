@@ -23,10 +23,13 @@ from tests.toy import ScriptedLossModule, toy_loaders  # noqa: E402
 class SignalRankOne(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
+        self.sigterm_default_after: list[bool] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank == 1 and trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGUSR1)
+        if trainer.global_step > self.step + 1:  # after the checkpoint step
+            self.sigterm_default_after.append(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
 
 
 def main() -> None:
@@ -35,6 +38,7 @@ def main() -> None:
     requeue = SlurmRequeue(
         requeue_command=(sys.executable, "-c", f"open({str(marker)!r}, 'a').write('requeued\\n')")
     )
+    sender = SignalRankOne(signal_step)
     L.seed_everything(0)
     train, _ = toy_loaders(steps_per_epoch=8, batch_size=8)
     trainer = L.Trainer(
@@ -47,10 +51,15 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(out.parent),
-        callbacks=[SignalRankOne(signal_step), requeue],
+        callbacks=[sender, requeue],
     )
     trainer.fit(ScriptedLossModule([1.0]), train_dataloaders=train)
-    results = {"signalled": requeue.signalled, "handled": requeue.handled, "path": requeue.checkpoint_path}
+    results = {
+        "signalled": requeue.signalled,
+        "handled": requeue.handled,
+        "path": requeue.checkpoint_path,
+        "sigterm_default": sender.sigterm_default_after,
+    }
     gathered = [None] * trainer.world_size
     torch.distributed.all_gather_object(gathered, results)
     if trainer.is_global_zero:

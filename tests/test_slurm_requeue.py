@@ -23,6 +23,8 @@ def test_both_ranks_checkpoint_at_the_same_step_when_one_rank_is_signalled(tmp_p
     assert ckpt["global_step"] == 4  # written at the end of the step during which the signal came
     assert (tmp_path / "requeued.txt").read_text() == "requeued\n"  # rank 0 requeued, once
     assert sorted(p.name for p in tmp_path.glob("hpc_ckpt_*.ckpt")) == ["hpc_ckpt_1.ckpt"]
+    # once the checkpoint is on disk, SIGTERM (what the requeue sends) ends each rank at once
+    assert all(r["sigterm_default"] and all(r["sigterm_default"]) for r in ranks)
 
 
 def test_job_id_comes_from_the_slurm_environment(monkeypatch):
