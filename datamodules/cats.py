@@ -25,6 +25,7 @@ from sklearn.datasets import load_sample_images
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import CorruptImageError, DataLayoutError
+from datamodules.loaders import eval_dataloader
 from datamodules.rotated_digits import upsampled_digits
 
 
@@ -221,14 +222,10 @@ class SyntheticWarpDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.val_set, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers
-        )
+        return eval_dataloader(self.val_set, self.hparams.eval_batch_size, self.hparams.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.test_set, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers
-        )
+        return eval_dataloader(self.test_set, self.hparams.eval_batch_size, self.hparams.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
@@ -637,14 +634,10 @@ class CorrespondenceDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.val_set, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers
-        )
+        return eval_dataloader(self.val_set, self.hparams.eval_batch_size, self.hparams.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.test_set, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers
-        )
+        return eval_dataloader(self.test_set, self.hparams.eval_batch_size, self.hparams.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
@@ -700,6 +693,4 @@ class PairFolderDataModule(L.LightningDataModule):
         self.predict_set = PairFolder(Path(self.hparams.root), self.hparams.image_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.predict_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers
-        )
+        return eval_dataloader(self.predict_set, self.hparams.batch_size, self.hparams.num_workers)
