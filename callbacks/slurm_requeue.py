@@ -17,7 +17,8 @@ This callback splits the work the safe way:
 Training then continues until SLURM ends the job (``scontrol requeue`` stops it with SIGTERM and queues it again;
 SIGTERM is reset to its default action once the checkpoint is written, so the tasks exit at once instead of waiting
 for SLURM's SIGKILL); a requeue that fails is logged and training carries on, checkpoint written. The checkpoint is taken where ModelCheckpoint takes its
-own step checkpoints, so a resumed run continues from a consistent step (tested bit for bit in `tests/test_slurm.py`).
+own step checkpoints, so a resumed run continues from a consistent step (tested bit for bit in `tests/test_slurm.py`);
+never at an epoch's last batch, where Lightning's resume is not exact (the check waits one step).
 
 LitCLI installs this callback, with ``SLURMEnvironment(auto_requeue=False)`` so Lightning's handler stays off,
 whenever it runs inside a SLURM job step and the config sets no cluster environment of its own.
@@ -96,6 +97,11 @@ class SlurmRequeue(Callback):
     # ------------------------------------------------------------------ the collective part, at a step boundary
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.handled or trainer.global_step % self.check_every_n_steps:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and trainer.num_training_batches > 1:
+            # Lightning resumes a checkpoint taken at the end of an epoch's last batch at the wrong place (the
+            # epoch's end-of-epoch work is redone or skipped, and the weights diverge); wait one step. The flag is
+            # the same on every rank, so the all-reduce below still pairs up.
             return
         # Every rank reaches this call at the same step, so the all-reduce always pairs up.
         if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
