@@ -25,8 +25,8 @@ INCEPTION_HINT = (
     "FID with Inception needs torch-fidelity (pip install torch-fidelity) and its Inception weights as a local file: "
     "on a machine with internet download "
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/pt_inception-2015-12-05-6726825d.pth "
-    "and pass --model.init_args.fid_weights_path /path/to/pt_inception-2015-12-05-6726825d.pth. "
-    "Nothing is downloaded at run time."
+    "and pass --model.init_args.fid_weights_path /path/to/pt_inception-2015-12-05-6726825d.pth "
+    "(the same file serves the Inception Score: is_weights_path). Nothing is downloaded at run time."
 )
 CLASSIFIER_HINT = (
     "The digits FID feature extractor is a classifier checkpoint; train it first (about a minute on CPU):\n"
@@ -70,14 +70,19 @@ class ClassifierFeatures(nn.Module):
         return self.backbone(x).flatten(1)
 
     @classmethod
-    def from_checkpoint(cls, path: str) -> ClassifierFeatures:
-        """Load an `ImageClassifier` checkpoint and keep its backbone."""
+    def from_checkpoint(cls, path: str, logits: bool = False) -> ClassifierFeatures:
+        """Load an `ImageClassifier` checkpoint and keep its backbone (``logits``: backbone and head, so the
+        outputs are the class logits, as the Inception Score and a judge of class accuracy need)."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"FID classifier checkpoint {path!r} not found. {CLASSIFIER_HINT}")
         from lightning_modules.classifier import ImageClassifier
 
         clf = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
         in_chans, size, _ = clf.hparams.input_shape
+        if logits:
+            return cls(
+                nn.Sequential(clf.backbone, nn.Flatten(1), clf.head), clf.head.out_features, in_chans, size
+            )
         return cls(clf.backbone, clf.head.in_features, in_chans, size)
 
 
