@@ -22,8 +22,9 @@ supervised baselines of the paper from the same code.
   target: labels``.
 - Validation/test: per-interval top-1 accuracy of the owning expert on noised labelled images (seeded t and noise,
   identical every evaluation), and the teacher's accuracy on the clean images.
-- Checkpoints hold the trainable parameters only (LoRA, BN, biases, and the BN running statistics); the frozen
-  teacher and base weights are rebuilt from their source (timm weights or the teacher checkpoint) when loading.
+- Checkpoints hold the trainable parameters only (LoRA, BN, biases) and the buffers of the trained experts (the
+  running statistics of all their BatchNorms, frozen ones included); the frozen teacher and base weights are
+  rebuilt from their source (timm weights or the teacher checkpoint) when loading.
 """
 
 from __future__ import annotations
@@ -393,10 +394,12 @@ class PPAPExpertModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints: trainable state only
     def _trainable_keys(self) -> set[str]:
+        """The trainable parameters, and every buffer of an expert that trains: its frozen BatchNorms (e.g.
+        ResNet's shortcut BN under ``frozen_patterns``) run in train mode too, so their statistics move."""
         keys = {f"experts.{n}" for n, p in self.experts.named_parameters() if p.requires_grad}
-        for name, module in self.experts.named_modules():
-            if any(p.requires_grad for p in module.parameters(recurse=False)):
-                keys.update(f"experts.{name}.{b}" for b, _ in module.named_buffers(recurse=False))
+        for i, expert in enumerate(self.experts):
+            if any(p.requires_grad for p in expert.parameters()):
+                keys.update(f"experts.{i}.{b}" for b, _ in expert.named_buffers())
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
