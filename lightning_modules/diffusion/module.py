@@ -69,6 +69,7 @@ EVAL_ARGS = (
     "sample_steps",
     "eta",
     "timestep_spacing",
+    "clip_sample",
     "sample_seed",
     "output_dir",
     "fid_feature",
@@ -83,12 +84,16 @@ class DiffusionModule(L.LightningModule):
 
     Args:
         input_shape: (C, H, W) of the images; linked from the datamodule by the CLI.
-        unet_preset, unet: `UNet2DModel` size preset (`tiny`, `adm`, `ldm`) and argument overrides.
+        unet_preset, unet: `UNet2DModel` size preset (`tiny`, `adm`, `ldm`, `adm256_uncond`) and overrides.
+        learn_sigma: the U-Net also predicts ADM's variance interpolation (2C outputs; used by DDPM sampling).
+            Training such a model needs ADM's hybrid loss (L_simple + L_vlb), which is not implemented: fit
+            refuses it; predict, test and guided sampling of a converted ADM checkpoint work.
         num_train_timesteps, beta_schedule, beta_start, beta_end: the `DDPMScheduler` (``linear`` or ``cosine``).
         vae_path: a local diffusers `AutoencoderKL` folder for latent diffusion; None for pixel space.
         latent_scaling_factor: latent scale (SD-VAE 0.18215); None reads the VAE config.
         lr, weight_decay, adam_betas: AdamW for the denoiser.
         sampler, sample_steps, eta, timestep_spacing: the sampling scheduler (``ddim`` or ``ddpm``).
+        clip_sample: clip the predicted x0 to [-1, 1] at each sampling step (guided-diffusion's default).
         sample_seed: base seed; sample ``i`` starts from the noise seeded ``sample_seed * 10**6 + i``.
         output_dir: where `predict` writes PNGs (default ``<log_dir>/samples``).
         fid_feature, fid_weights_path: FID extractor (``classifier``, ``inception`` or ``none``) and its weights.
@@ -101,6 +106,7 @@ class DiffusionModule(L.LightningModule):
         input_shape: tuple[int, int, int] = (3, 256, 256),
         unet_preset: str = "tiny",
         unet: dict[str, Any] | None = None,
+        learn_sigma: bool = False,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
         beta_start: float = 1e-4,
@@ -114,6 +120,7 @@ class DiffusionModule(L.LightningModule):
         sample_steps: int = 50,
         eta: float = 0.0,
         timestep_spacing: str = "leading",
+        clip_sample: bool = False,
         sample_seed: int = 0,
         output_dir: str | None = None,
         fid_feature: str = "none",
@@ -132,6 +139,7 @@ class DiffusionModule(L.LightningModule):
             "sample_steps": sample_steps,
             "eta": eta,
             "timestep_spacing": timestep_spacing,
+            "clip_sample": clip_sample,
             "sample_seed": sample_seed,
             "output_dir": output_dir,
             "fid_feature": fid_feature,
@@ -155,8 +163,10 @@ class DiffusionModule(L.LightningModule):
             )
         else:
             self.latent_shape = (channels, height, width)
-        self.net = build_unet(self.latent_shape[0], self.latent_shape[1], unet_preset, unet)
-        self.scheduler = build_train_scheduler(num_train_timesteps, beta_schedule, beta_start, beta_end)
+        self.net = build_unet(self.latent_shape[0], self.latent_shape[1], unet_preset, unet, learn_sigma)
+        self.scheduler = build_train_scheduler(
+            num_train_timesteps, beta_schedule, beta_start, beta_end, learn_sigma
+        )
         self.register_buffer(
             "alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False
         )
@@ -177,6 +187,12 @@ class DiffusionModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         ev = self.eval_args
+        if stage == "fit" and self.hparams.get("learn_sigma", False):
+            raise NotImplementedError(
+                "fit with learn_sigma=True is not supported: a learned variance is trained with ADM's hybrid loss "
+                "(L_simple + L_vlb, Nichol & Dhariwal 2021), which litlab does not implement. Converted ADM "
+                "checkpoints (scripts/convert_adm_checkpoint.py) are for predict, test and guided sampling."
+            )
         if stage == "test" and self.fid is None and ev["fid_feature"] != "none":
             self.fid = build_fid(ev["fid_feature"], ev["fid_weights_path"])
 
@@ -297,7 +313,9 @@ class DiffusionModule(L.LightningModule):
     ) -> torch.Tensor:
         """Images in [-1, 1] for the sample indices (sample i's noise is seeded ``sample_seed * 10**6 + i``)."""
         ev = self.eval_args
-        scheduler = build_sampler(self.scheduler, sampler or ev["sampler"], ev["timestep_spacing"])
+        scheduler = build_sampler(
+            self.scheduler, sampler or ev["sampler"], ev["timestep_spacing"], ev["clip_sample"]
+        )
         seeds = [ev["sample_seed"] * 1_000_000 + int(i) for i in indices]
         was_training = self.net.training
         self.net.eval()

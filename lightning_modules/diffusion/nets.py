@@ -8,6 +8,11 @@ Presets are starting points; any `UNet2DModel` argument given in `unet` override
   at 16x16); the face models' exact sizes are not in the paper (reconstructed, see docs/ant.md).
 - `ldm`: an LDM-like latent U-Net for 64x64x3 latents (channels 224x(1,2,3,4), attention at 32, 16, 8;
   CompVis' FFHQ/CelebA-HQ LDM-4 sizes, reconstructed).
+- `adm256_uncond`: exactly OpenAI's unconditional ImageNet-256 ADM (guided-diffusion), so its released checkpoint
+  converts into it (`adm.py`, ``scripts/convert_adm_checkpoint.py``); use with ``learn_sigma=True``.
+
+With ``learn_sigma`` the U-Net has 2C output channels, [epsilon, v] (ADM's learned variance range), and is an
+`adm.LearnedSigmaUNet`, whose ``.sample`` is still epsilon.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from diffusers import UNet2DModel
+
+from lightning_modules.diffusion.adm import LearnedSigmaUNet, adm_unet_kwargs
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -46,13 +53,21 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D"),
         "attention_head_dim": 32,
     },
+    "adm256_uncond": adm_unet_kwargs(),
 }
 
 
 def build_unet(
-    channels: int, sample_size: int, preset: str = "tiny", overrides: dict | None = None
+    channels: int,
+    sample_size: int,
+    preset: str = "tiny",
+    overrides: dict | None = None,
+    learn_sigma: bool = False,
 ) -> UNet2DModel:
-    """A `UNet2DModel` for ``channels`` x ``sample_size`` x ``sample_size`` inputs from a preset plus overrides."""
+    """A `UNet2DModel` for ``channels`` x ``sample_size`` x ``sample_size`` inputs from a preset plus overrides.
+
+    ``learn_sigma``: 2 x ``channels`` outputs read as [epsilon, v] (`LearnedSigmaUNet`).
+    """
     if preset not in UNET_PRESETS:
         raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(UNET_PRESETS)}")
     kwargs = {**UNET_PRESETS[preset], **(overrides or {})}
@@ -63,4 +78,6 @@ def build_unet(
         raise ValueError(
             f"sample size {sample_size} is not divisible by 2^{levels - 1} ({levels} U-Net levels)"
         )
-    return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels, **kwargs)
+    cls = LearnedSigmaUNet if learn_sigma else UNet2DModel
+    out = 2 * channels if learn_sigma else channels
+    return cls(sample_size=sample_size, in_channels=channels, out_channels=out, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from diffusers import DDIMScheduler
 from torch import nn
 
 
@@ -27,19 +28,46 @@ def sample(
 ) -> torch.Tensor:
     """Run ``scheduler`` (DDIM or DDPM) for ``num_steps`` from the seeded noise; return images in [-1, 1].
 
-    ``net(x, t).sample`` predicts epsilon (diffusers `UNet2DModel` convention). Stochastic steps (DDPM, or DDIM
-    with eta > 0) draw from a generator seeded with the first seed, so a call is deterministic.
+    ``net(x, t).sample`` predicts epsilon (diffusers `UNet2DModel` convention); a learned-variance network's
+    ``.variance_values`` go to a DDPM scheduler (`step_input`). Stochastic steps (DDPM, or DDIM with eta > 0) draw
+    from a generator seeded with the first seed, so a call is deterministic.
     """
     x = initial_noise(seeds, shape, device) * scheduler.init_noise_sigma
     scheduler.set_timesteps(num_steps, device=device)
     generator = torch.Generator(device=device).manual_seed(int(seeds[0]) + 1_000_003)
-    extra = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
+    extra = ddim_options(scheduler, eta)
     for t in scheduler.timesteps:
-        eps = net(scheduler.scale_model_input(x, t), t.expand(x.shape[0])).sample
-        x = scheduler.step(eps, t, x, generator=generator, **extra).prev_sample
+        out = net(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
+        x = scheduler.step(
+            step_input(out.sample, out, scheduler), t, x, generator=generator, **extra
+        ).prev_sample
     if decode is not None:
         x = decode(x)
     return x.clamp(-1.0, 1.0)
+
+
+def ddim_options(scheduler, eta: float) -> dict:
+    """``step`` options of a DDIM scheduler: eta, and with ``clip_sample`` epsilon re-derived from the clipped x0
+    (guided-diffusion's DDIM); nothing for other schedulers."""
+    if not isinstance(scheduler, DDIMScheduler):
+        return {}
+    return {"eta": eta, "use_clipped_model_output": bool(scheduler.config.clip_sample)}
+
+
+def learned_variance(scheduler) -> bool:
+    """Whether ``scheduler`` reads a learned variance from the model output (DDPM ``learned``/``learned_range``)."""
+    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+
+
+def step_input(eps: torch.Tensor, out, scheduler) -> torch.Tensor:
+    """What ``scheduler.step`` takes: ``eps``, with the network's variance channels appended for a scheduler with
+    a learned variance (ADM's ``learn_sigma`` models sampled with DDPM)."""
+    variance = getattr(out, "variance_values", None)
+    if learned_variance(scheduler):
+        if variance is None:
+            raise ValueError("the scheduler expects a learned variance but the network predicts epsilon only")
+        return torch.cat([eps, variance], dim=1)
+    return eps
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

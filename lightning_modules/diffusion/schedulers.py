@@ -3,6 +3,11 @@
 Training uses `DDPMScheduler` (epsilon prediction, T = 1000 by default). Sampling uses a scheduler built from the
 same config, so the betas are identical: `DDIMScheduler` (eta = 0 deterministic by default) or `DDPMScheduler`
 (ancestral). Timestep indices are 0..T-1.
+
+A model with a learned variance (ADM's ``learn_sigma``) gets ``variance_type="learned_range"``: its DDPM sampler
+then reads the variance channels (``Sigma = exp(frac log beta_t + (1 - frac) log beta~_t)``, frac = (v + 1) / 2,
+with the respaced betas), while DDIM ignores them. ``clip_sample`` clips the predicted x0 to [-1, 1] at each
+step, as guided-diffusion's samplers do by default (``clip_denoised=True``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ def build_train_scheduler(
     beta_schedule: str = "linear",
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
+    learn_sigma: bool = False,
 ) -> DDPMScheduler:
     """`DDPMScheduler` with ``linear`` (beta_start..beta_end) or ``cosine`` (Nichol & Dhariwal) betas."""
     if beta_schedule not in BETA_SCHEDULES:
@@ -28,14 +34,25 @@ def build_train_scheduler(
         beta_end=beta_end,
         prediction_type="epsilon",
         clip_sample=False,
+        variance_type="learned_range" if learn_sigma else "fixed_small",
     )
 
 
-def build_sampler(train_scheduler: DDPMScheduler, kind: str = "ddim", timestep_spacing: str = "leading"):
+def build_sampler(
+    train_scheduler: DDPMScheduler,
+    kind: str = "ddim",
+    timestep_spacing: str = "leading",
+    clip_sample: bool = False,
+):
     """A sampling scheduler with the training betas: ``ddim`` or ``ddpm``."""
-    config = {**train_scheduler.config, "timestep_spacing": timestep_spacing}
+    config = {
+        **train_scheduler.config,
+        "timestep_spacing": timestep_spacing,
+        "clip_sample": bool(clip_sample),
+    }
     if kind == "ddim":
-        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
+        config.pop("variance_type", None)  # DDIM is deterministic in x0/eps; it has no variance type
+        return DDIMScheduler.from_config(config, set_alpha_to_one=False)
     if kind == "ddpm":
         return DDPMScheduler.from_config(config)
     raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {kind!r}")

@@ -162,7 +162,9 @@ class MEMEModule(DiffusionModule):
         )
         # which checkpoints to assemble is a sampling choice, not part of a trained model; the core's U-Net
         # arguments (saved by its constructor) are not MEME arguments
-        self.save_hyperparameters(ignore=[*EVAL_ARGS, "expert_checkpoints", "unet", "unet_preset"])
+        self.save_hyperparameters(
+            ignore=[*EVAL_ARGS, "expert_checkpoints", "unet", "unet_preset", "learn_sigma"]
+        )
         if autoencoder not in ("kl", "vq"):
             raise ValueError(
                 f"autoencoder must be 'kl' (AutoencoderKL) or 'vq' (VQModel), got {autoencoder!r}"

@@ -14,7 +14,8 @@ half-open `IntervalRouter` (the same intervals the experts were trained on). Wit
 
 - DDIM (score correction, Dhariwal & Nichol Alg. 2): ``eps <- eps - sqrt(1 - alpha_bar_t) * g``, then the
   scheduler recomputes ``x0`` and takes its usual step;
-- DDPM (mean shift, Alg. 1): ``mu <- mu + Sigma_t * g``, with the scheduler's posterior variance ``Sigma_t``.
+- DDPM (mean shift, Alg. 1): ``mu <- mu + Sigma_t * g``, with the scheduler's posterior variance ``Sigma_t``
+  (the model's learned variance for ADM's ``learn_sigma`` models).
 
 ``s = 0`` reproduces `sampling.sample` exactly (same noise, same generator).
 """
@@ -28,7 +29,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from lightning_modules.diffusion.router import IntervalRouter
-from lightning_modules.diffusion.sampling import initial_noise
+from lightning_modules.diffusion.sampling import ddim_options, initial_noise, learned_variance, step_input
 from lightning_modules.diffusion.schedulers import build_sampler
 
 
@@ -85,21 +86,27 @@ def guided_step(
     grad: torch.Tensor | None,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
+    out=None,
 ) -> torch.Tensor:
     """One reverse step from ``x`` at timestep ``t`` with the scaled guidance gradient ``grad`` (None: unguided).
 
-    DDIM: score correction of ``eps``; DDPM: mean shift by the posterior variance times ``grad``.
+    DDIM: score correction of ``eps``; DDPM: mean shift by the posterior variance times ``grad``. ``out``: the
+    network's output, whose ``variance_values`` a learned-variance DDPM scheduler reads.
     """
     if isinstance(scheduler, DDIMScheduler):
         if grad is not None:
             alpha_bar = scheduler.alphas_cumprod.to(x.device)[int(t)]
             eps = eps - (1 - alpha_bar).sqrt() * grad
-        return scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
+        return scheduler.step(eps, t, x, generator=generator, **ddim_options(scheduler, eta)).prev_sample
     if isinstance(scheduler, DDPMScheduler):
-        prev = scheduler.step(eps, t, x, generator=generator).prev_sample
+        prev = scheduler.step(step_input(eps, out, scheduler), t, x, generator=generator).prev_sample
         if grad is not None:
-            # the posterior variance Sigma_t the scheduler used for this (possibly respaced) step
-            prev = prev + scheduler._get_variance(int(t)).to(x) * grad
+            # the variance Sigma_t the scheduler used for this (possibly respaced) step
+            if learned_variance(scheduler):  # learned_range: the scheduler returns log Sigma_t
+                variance = scheduler._get_variance(int(t), predicted_variance=out.variance_values).exp()
+            else:
+                variance = scheduler._get_variance(int(t))
+            prev = prev + variance.to(x) * grad
         return prev
     raise TypeError(f"guided sampling supports DDIM and DDPM schedulers, got {type(scheduler).__name__}")
 
@@ -127,7 +134,10 @@ def guided_sample(
     ev = diffusion.eval_args
     device = next(diffusion.net.parameters()).device
     scheduler = build_sampler(
-        diffusion.scheduler, sampler or ev["sampler"], ev.get("timestep_spacing", "leading")
+        diffusion.scheduler,
+        sampler or ev["sampler"],
+        ev.get("timestep_spacing", "leading"),
+        ev.get("clip_sample", False),
     )
     eta = ev.get("eta", 0.0) if eta is None else eta
     labels = torch.as_tensor(labels, device=device).long()
@@ -143,12 +153,13 @@ def guided_sample(
         scheduler.set_timesteps(num_steps or ev["sample_steps"], device=device)
         generator = torch.Generator(device=device).manual_seed(int(seeds[0]) + 1_000_003)
         for t in scheduler.timesteps:
-            eps = diffusion.net(scheduler.scale_model_input(x, t), t.expand(x.shape[0])).sample
+            out = diffusion.net(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
+            eps = out.sample
             grad = None
             if guide is not None and scale != 0:
                 grad, _ = log_prob_gradient(guide, x, t, labels)
                 grad = scale * grad
-            x = guided_step(scheduler, eps, t, x, grad, generator, eta)
+            x = guided_step(scheduler, eps, t, x, grad, generator, eta, out)
         return x.clamp(-1.0, 1.0)
     finally:
         diffusion.net.train(net_was_training)
