@@ -1,11 +1,25 @@
-"""Inception Score: the formula, its two bounds, the classifier and Inception extractors, clear errors, no download."""
+"""Inception Score: the formula, its two bounds, the classifier and Inception extractors, clear errors, no download,
+and the DDP sync when ranks made different numbers of updates.
+
+The file is also a DDP worker: ``python tests/test_inception_score.py OUT`` runs 2 gloo processes on CPU where rank
+0 updates the metric three times and rank 1 never (then once), and saves what each rank computes to OUT.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from lightning_modules.classifier import ImageClassifier
-from lightning_modules.diffusion.inception_score import build_inception_score
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_modules.classifier import ImageClassifier  # noqa: E402
+from lightning_modules.diffusion.inception_score import build_inception_score  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,3 +179,52 @@ def test_missing_weights_give_clear_errors_and_no_download(tmp_path, monkeypatch
         build_inception_score("clip")
     with pytest.raises(ValueError, match="splits"):
         build_inception_score(TinyLogits(), splits=0)
+
+
+def ddp_images() -> torch.Tensor:
+    return torch.randint(0, 256, (9, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+def ddp_rank(rank: int, out: str, port: int) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    net = TinyLogits()  # the same weights on both ranks
+    images = ddp_images()
+    results = {}
+    for case, shares in {"one_rank_empty": ([0, 3, 6, 9], [0]), "uneven": ([0, 2, 5, 7], [7, 9])}.items():
+        metric = build_inception_score(net, splits=1)
+        bounds = shares[rank]
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            metric.update(images[lo:hi])
+        results[case] = float(metric.compute()[0])
+    Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_with_different_update_counts_agree_with_one_process(tmp_path):
+    """torchmetrics gathers IS's feature list element by element: unequal update counts would hang the job."""
+    port = 29500 + os.getpid() % 1000
+    proc = subprocess.run(
+        [sys.executable, __file__, str(tmp_path), str(port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torch.manual_seed(0)
+    net = TinyLogits()
+    expected = {
+        "one_rank_empty": hand_is(net(ddp_images()).detach()),
+        "uneven": hand_is(net(ddp_images()).detach()),
+    }
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got == pytest.approx(expected, rel=1e-5)
+
+
+if __name__ == "__main__":
+    torch.multiprocessing.spawn(ddp_rank, args=(sys.argv[1], int(sys.argv[2])), nprocs=2)

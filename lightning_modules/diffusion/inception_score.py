@@ -25,14 +25,45 @@ Images reach the metric as uint8 [0, 255] (what a PNG holds), as for FID (`fid.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
-from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image import inception
+from torchmetrics.utilities.data import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_modules.diffusion.fid import CLASSIFIER_HINT, INCEPTION_HINT, ClassifierFeatures
 
 IS_FEATURES = ("inception", "classifier")
+
+
+class InceptionScore(inception.InceptionScore):
+    """torchmetrics' `InceptionScore`, safe under DDP when ranks made different numbers of ``update`` calls.
+
+    torchmetrics keeps one tensor per ``update`` in its ``features`` list state with ``dist_reduce_fx=None``, and
+    its sync gathers that list element by element: a rank with more updates than another (uneven shares of an
+    evaluation set, or batches without generated images) waits in a gather the others never join, and the job
+    hangs. Here every rank first concatenates its features into exactly one float32 tensor (``(0, K)`` when it
+    saw no image; K is agreed across ranks), so every rank makes the same gathers.
+    """
+
+    def _sync_dist(
+        self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None
+    ) -> None:
+        group = process_group or self.process_group
+        k = torch.tensor([self.features[0].shape[1] if self.features else 0], device=self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(k, op=torch.distributed.ReduceOp.MAX, group=group)
+        local = (
+            dim_zero_cat(self.features).float()
+            if self.features
+            else torch.zeros(0, int(k), device=self.device)
+        )
+        self.features = [local]
+        super()._sync_dist(dist_sync_fn, process_group)
 
 
 def inception_logits(weights_path: str | None) -> nn.Module:
