@@ -15,6 +15,11 @@ Augmentation is a random horizontal flip of training images (``flip``; PPAP's on
 `PendingSamplesDataModule` is the ``predict`` datamodule of resumable, DDP-sharded generation: its items are the
 indices ``0..num_samples-1`` whose ``<output_dir>/<index:06d>*.png`` does not exist yet (the diffusion module
 writes each PNG atomically, so an existing file is complete); under DDP Lightning shards them across ranks.
+
+`GuidedSamplesDataModule` is the ``test`` datamodule of `lightning_modules.ppap.evaluate.GuidedSampleEvaluator`:
+the guided samples ``<samples_root>/<i:06d>_y<class>.png`` written by ``cli.py predict -c
+configs/ppap/*_sample.yaml`` and real images (the held-out digits, or a flat folder or ImageFolder layout), as uint8
+tensors with their class and source (0 = sample, 1 = real).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision import transforms as T
 
@@ -250,3 +255,201 @@ class PendingSamplesDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         todo = self.pending()
         return DataLoader(Subset(IndexDataset(self.num_samples), todo), batch_size=self.batch_size)
+
+
+SAMPLE_NAME = re.compile(r"^\d+_y(\d+)\.png$")
+SAMPLES_LAYOUT = (
+    "a flat folder of guided samples <samples_root>/000000_y3.png, 000001_y7.png, ... (<index>_y<target class>.png) "
+    "written by python cli.py predict -c configs/ppap/<setup>_sample.yaml (see docs/ppap.md)"
+)
+REAL_LAYOUT = (
+    "real images as a flat folder <real_root>/*.{png,jpg,jpeg} (no labels) or an ImageFolder layout "
+    "<real_root>/<class>/*.{png,jpg,jpeg} (class index = sorted folder name, e.g. ImageNet's val/<wnid>/)"
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SAMPLE, REAL = 0, 1
+
+
+def guided_sample_files(root: str | None, num_classes: int) -> tuple[list[Path], list[int]]:
+    """The guided samples of ``root`` (sorted) and their target classes, parsed from ``<i>_y<class>.png``.
+
+    Every PNG directly in ``root`` must follow that pattern with a class below ``num_classes`` (other files, such as
+    the ``.<i>.png.tmp`` of an interrupted write, are ignored); one clear error otherwise.
+    """
+    if root is None or not Path(root).is_dir():
+        raise DataLayoutError(f"guided sample folder {root!r} does not exist. Expected {SAMPLES_LAYOUT}")
+    files = sorted(p for p in Path(root).iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    if not files:
+        raise DataLayoutError(f"no PNG images in {root!r}. Expected {SAMPLES_LAYOUT}")
+    labels = []
+    for f in files:
+        match = SAMPLE_NAME.match(f.name)
+        if match is None:
+            raise DataLayoutError(
+                f"guided sample {str(f)!r} has no target class in its name. Expected {SAMPLES_LAYOUT}"
+            )
+        label = int(match.group(1))
+        if label >= num_classes:
+            raise DataLayoutError(
+                f"guided sample {str(f)!r} has target class {label}, but num_classes is {num_classes}"
+            )
+        labels.append(label)
+    return files, labels
+
+
+def real_image_files(root: str | None) -> tuple[list[Path], list[int]]:
+    """The real images of ``root`` and their classes: a flat folder (class -1) or an ImageFolder layout."""
+    folder = Path(root or "")
+    if root is None or not folder.is_dir():
+        raise DataLayoutError(f"real image folder {root!r} does not exist. Expected {REAL_LAYOUT}")
+
+    def images_in(d: Path) -> list[Path]:
+        return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+    flat = images_in(folder)
+    if flat:
+        return flat, [-1] * len(flat)
+    classes = sorted(d for d in folder.iterdir() if d.is_dir())
+    files, labels = [], []
+    for index, d in enumerate(classes):
+        found = images_in(d)
+        files += found
+        labels += [index] * len(found)
+    if not files:
+        raise DataLayoutError(f"no images in {root!r}. Expected {REAL_LAYOUT}")
+    return files, labels
+
+
+class UInt8Images(Dataset):
+    """``(uint8 image (C, S, S), label, source)`` over image files, resized or checked to one size."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        labels: list[int],
+        source: int,
+        channels: int,
+        image_size: int | None,
+        size: tuple,
+    ) -> None:
+        self.files, self.labels, self.source, self.channels = files, labels, source, channels
+        self.image_size, self.size = image_size, size  # size: (width, height) every image must have
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image = load_image(self.files[index], self.channels)
+        if self.image_size is not None:
+            image = T.CenterCrop(self.image_size)(
+                T.Resize(self.image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True)(image)
+            )
+        elif image.size != self.size:
+            raise DataLayoutError(
+                f"image {str(self.files[index])!r} is {image.size[0]}x{image.size[1]}, but the guided samples are "
+                f"{self.size[0]}x{self.size[1]}: give real images of the samples' size, or set image_size to "
+                "resize and centre-crop both"
+            )
+        return T.functional.pil_to_tensor(image), self.labels[index], self.source
+
+
+class UInt8Tensors(Dataset):
+    """``(uint8 image, label, source)`` over in-memory images in [-1, 1] (the held-out digits)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source: int) -> None:
+        self.images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # as PNG writers round
+        self.labels, self.source = labels, source
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        return self.images[index], int(self.labels[index]), self.source
+
+
+class GuidedSamplesDataModule(L.LightningDataModule):
+    """``test`` data for judging guided samples: the samples and real images, uint8, in one evaluation loader.
+
+    Items are ``(uint8 image (C, S, S), label, source)``: a sample's label is its target class (from the file
+    name), a real image's its class (-1 in a flat folder); source is 0 for samples and 1 for real images. Samples
+    and real images share one loader (`eval_dataloader`): under DDP every image goes to exactly one rank.
+
+    Args:
+        samples_root: the guided samples ``<i:06d>_y<class>.png`` (`lightning_modules.ppap.sampling`).
+        num_classes: classes the targets must lie below (linked to the evaluator by the CLI).
+        real: ``digits`` (scikit-learn's digits held out as `PPAPDataModule` does: ``holdout``, ``data_seed``) or
+            ``folder`` (``real_root``: a flat folder or an ImageFolder layout).
+        channels: 1 (grayscale) or 3 (RGB) for every image.
+        image_size: resize (shorter side, bicubic) and centre-crop every image, samples and real, to this side;
+            None requires every image to have the size of the first sample (``digits`` needs it: the digits are
+            upsampled to it).
+        max_real_images: use the first N real images of a seeded (``data_seed``) permutation.
+    """
+
+    def __init__(
+        self,
+        samples_root: str,
+        num_classes: int = 10,
+        real: str = "folder",
+        real_root: str | None = None,
+        channels: int = 3,
+        image_size: int | None = None,
+        holdout: int = 400,
+        data_seed: int = 0,
+        max_real_images: int | None = None,
+        batch_size: int = 250,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if real not in ("digits", "folder"):
+            raise ValueError(f"real must be 'digits' or 'folder', got {real!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if real == "digits" and (channels != 1 or image_size is None):
+            raise ValueError(
+                "real: digits needs channels: 1 and image_size (the side the digits are upsampled to)"
+            )
+        self.samples_root, self.num_classes, self.real, self.real_root = (
+            samples_root,
+            int(num_classes),
+            real,
+            real_root,
+        )
+        self.channels, self.image_size = channels, image_size
+        self.holdout, self.data_seed, self.max_real_images = holdout, data_seed, max_real_images
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def setup(self, stage: str | None = None) -> None:
+        files, labels = guided_sample_files(self.samples_root, self.num_classes)
+        size = load_image(files[0], self.channels).size
+        samples = UInt8Images(files, labels, SAMPLE, self.channels, self.image_size, size)
+        if self.real == "digits":
+            digits = PPAPDataModule(
+                train="labelled",
+                labelled="digits",
+                image_size=self.image_size,
+                holdout=self.holdout,
+                data_seed=self.data_seed,
+            )
+            held_out = digits._labelled_sets()[1]
+            images = torch.stack([held_out[i][0] for i in range(len(held_out))])
+            targets = torch.tensor([int(held_out[i][1]) for i in range(len(held_out))])
+            real: Dataset = UInt8Tensors(images, targets, REAL)
+        else:
+            real_files, real_labels = real_image_files(self.real_root)
+            real = UInt8Images(real_files, real_labels, REAL, self.channels, self.image_size, size)
+            if max(real_labels) >= self.num_classes:
+                raise DataLayoutError(
+                    f"{str(self.real_root)!r} has {max(real_labels) + 1} class folders, more than num_classes "
+                    f"{self.num_classes}"
+                )
+        if self.max_real_images is not None:
+            order = torch.randperm(len(real), generator=torch.Generator().manual_seed(self.data_seed))
+            real = Subset(real, order[: self.max_real_images].tolist())
+        if len(real) < 2:
+            raise DataLayoutError(f"{len(real)} real image(s): FID needs at least 2")
+        self.num_samples, self.num_real = len(samples), len(real)
+        self.test_set = ConcatDataset([samples, real])
+
+    def test_dataloader(self) -> DataLoader:
+        return eval_dataloader(self.test_set, self.batch_size, self.num_workers)
