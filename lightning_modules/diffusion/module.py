@@ -1,7 +1,8 @@
 """DiffusionModule: unconditional DDPM training (epsilon prediction) in pixel or latent space.
 
 The module owns the denoiser (`nets.build_unet`), the noise schedule (`schedulers`), an optional frozen VAE
-(`latent.FrozenVAE`), AdamW, per-interval losses, sampling (`sampling.sample`) and FID (`fid.build_fid`).
+(`latent.FrozenVAE`), AdamW, per-interval losses, sampling (`sampling.sample`), FID (`fid.build_fid`) and the
+Inception Score (`inception_score.build_inception_score`).
 
 Contract with timestep multi-task callbacks (e.g. `callbacks.mtl.TimestepMTL`); the module stays MTL-agnostic:
 
@@ -44,6 +45,7 @@ from torchvision.utils import save_image
 
 from lightning_modules.common import check_finite_loss
 from lightning_modules.diffusion.fid import build_fid
+from lightning_modules.diffusion.inception_score import build_inception_score
 from lightning_modules.diffusion.latent import FrozenVAE
 from lightning_modules.diffusion.nets import build_unet
 from lightning_modules.diffusion.sampling import sample, to_uint8
@@ -76,6 +78,8 @@ EVAL_ARGS = (
     "fid_weights_path",
     "fid_num_samples",
     "fid_batch_size",
+    "inception_score",
+    "is_splits",
 )
 
 
@@ -98,6 +102,9 @@ class DiffusionModule(L.LightningModule):
         output_dir: where `predict` writes PNGs (default ``<log_dir>/samples``).
         fid_feature, fid_weights_path: FID extractor (``classifier``, ``inception`` or ``none``) and its weights.
         fid_num_samples, fid_batch_size: generated images for FID in `test`, and the sampling batch.
+        inception_score, is_splits: also the Inception Score of those samples (``test/is``, ``test/is_std``),
+            from the logits of the FID network (Inception-v3, or the ``classifier``: then it is that
+            classifier's score, comparable only with itself), averaged over ``is_splits`` chunks (10: standard).
         log_intervals: uniform timestep intervals for the per-interval training/validation losses.
     """
 
@@ -127,6 +134,8 @@ class DiffusionModule(L.LightningModule):
         fid_weights_path: str | None = None,
         fid_num_samples: int = 1000,
         fid_batch_size: int = 250,
+        inception_score: bool = False,
+        is_splits: int = 10,
         log_intervals: int = 5,
     ) -> None:
         super().__init__()
@@ -146,6 +155,8 @@ class DiffusionModule(L.LightningModule):
             "fid_weights_path": fid_weights_path,
             "fid_num_samples": fid_num_samples,
             "fid_batch_size": fid_batch_size,
+            "inception_score": inception_score,
+            "is_splits": is_splits,
         }
         channels, height, width = (int(v) for v in input_shape)
         if height != width:
@@ -173,7 +184,12 @@ class DiffusionModule(L.LightningModule):
         self.num_train_timesteps = int(num_train_timesteps)
         if fid_feature not in ("none", "classifier", "inception"):
             raise ValueError(f"fid_feature must be 'none', 'classifier' or 'inception', got {fid_feature!r}")
+        if inception_score and fid_feature == "none":
+            raise ValueError(
+                "inception_score needs fid_feature 'inception' or 'classifier' (the network it scores with)"
+            )
         self.fid = None  # built in setup("test"), so training never needs the FID weights
+        self.inception_score = None  # likewise
         # the MTL contract (see the module docstring)
         self.timestep_sampler = None
         self.loss_reducer = None
@@ -195,6 +211,10 @@ class DiffusionModule(L.LightningModule):
             )
         if stage == "test" and self.fid is None and ev["fid_feature"] != "none":
             self.fid = build_fid(ev["fid_feature"], ev["fid_weights_path"])
+        if stage == "test" and self.inception_score is None and ev.get("inception_score"):
+            self.inception_score = build_inception_score(
+                ev["fid_feature"], ev["fid_weights_path"], splits=ev["is_splits"]
+            )
 
     # ------------------------------------------------------------------ core
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -302,10 +322,23 @@ class DiffusionModule(L.LightningModule):
         indices = list(range(rank, n, world))
         for start in range(0, len(indices), batch):
             chunk = indices[start : start + batch]
-            self.fid.update(to_uint8(self.generate(chunk)), real=False)
+            images = to_uint8(self.generate(chunk))
+            self.fid.update(images, real=False)
+            if self.inception_score is not None:
+                self.inception_score.update(images)
         self.log("test/fid", self.fid.compute().float(), sync_dist=False)
         self.log("test/fid_num_samples", float(n))
         self.fid.reset()
+        if self.inception_score is not None:
+            # torchmetrics shuffles before splitting with the global RNG: a fixed seed gives every rank (and every
+            # rerun) the same splits
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                mean, std = self.inception_score.compute()
+            self.log("test/is", mean.float(), sync_dist=False)
+            if self.eval_args["is_splits"] > 1:  # the spread over splits (undefined for one)
+                self.log("test/is_std", std.float(), sync_dist=False)
+            self.inception_score.reset()
 
     # ------------------------------------------------------------------ sampling
     def generate(
@@ -358,7 +391,7 @@ class DiffusionModule(L.LightningModule):
         return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.adam_betas))
 
     # frozen parts read from their own files (VAE, FID extractor), not stored in every checkpoint
-    _FROZEN_PREFIXES = ("vae.", "fid.")
+    _FROZEN_PREFIXES = ("vae.", "fid.", "inception_score.")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for key in [k for k in checkpoint["state_dict"] if k.startswith(self._FROZEN_PREFIXES)]:
@@ -367,7 +400,7 @@ class DiffusionModule(L.LightningModule):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Frozen parts (VAE, FID extractor) keep their own weights: their keys may be absent or extra."""
         state = {k: v for k, v in state_dict.items() if not k.startswith(self._FROZEN_PREFIXES)}
-        for name in ("vae", "fid"):
+        for name in ("vae", "fid", "inception_score"):
             part = getattr(self, name)
             if part is not None:
                 state.update({f"{name}.{k}": v for k, v in part.state_dict().items()})
@@ -377,7 +410,7 @@ class DiffusionModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(self._FROZEN_PREFIXES)]:
             del state[key]
-        for name in ("vae", "fid"):
+        for name in ("vae", "fid", "inception_score"):
             part = getattr(self, name)
             if part is not None:
                 state.update({f"{name}.{k}": v for k, v in part.state_dict().items()})
