@@ -9,7 +9,10 @@ and one backward of the guiding expert.
 
 Setups (random weights: timing only):
 - ``digits``: the digits demo's tiny U-Net (0.65M parameters) on 1x8x8, the 21k-parameter small-CNN experts;
-- ``resnet50_64``: the tiny U-Net on 3x64x64 with ResNet-50 LoRA experts (a heavy guide on a small model).
+- ``resnet50_64``: the tiny U-Net on 3x64x64 with ResNet-50 LoRA experts (a heavy guide on a small model);
+- ``adm256_resnet50``: the paper's pair, ADM-256 uncond (552.8M parameters, `unet_preset: adm256_uncond`, learned
+  sigma) with ResNet-50 LoRA experts at 256 px. Meant for a GPU (``--device cuda --batch 100``); on a CPU use
+  ``--batch 1 --steps 2 --repeats 1``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ def build(setup: str) -> tuple[DiffusionModule, list[nn.Module]]:
         base = timm.create_model("resnet50", pretrained=False)
         targets = RESNET_LORA_TARGETS
         adapter = InputAdapter(None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    elif setup == "adm256_resnet50":
+        diffusion = DiffusionModule(input_shape=(3, 256, 256), unet_preset="adm256_uncond", learn_sigma=True)
+        base = timm.create_model("resnet50", pretrained=False)
+        targets = RESNET_LORA_TARGETS
+        adapter = InputAdapter(None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     else:
         raise ValueError(f"unknown setup {setup!r}")
     experts = []
@@ -80,31 +88,43 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"threads {args.threads}, batch {args.batch}, DDIM-{args.steps}, {args.repeats} repeats (medians)")
+    device = torch.device(args.device)
+    print(
+        f"device {device}, threads {args.threads}, batch {args.batch}, DDIM-{args.steps}, "
+        f"{args.repeats} repeats (medians)"
+    )
     print("| setup | unguided s | guided (LoRA) s | guided (merged) s | ratio LoRA | ratio merged |")
     print("|---|---|---|---|---|---|")
     for setup in args.setups:
         diffusion, experts = build(setup)
+        diffusion, experts = diffusion.to(device), [e.to(device) for e in experts]
         router = IntervalRouter.uniform(1000, 5)
         guides = {
             "lora": NoiseRangeGuide(experts, router),
             "merged": NoiseRangeGuide([merged_copy(e) for e in experts], router),
         }
         seeds = list(range(args.batch))
-        labels = torch.arange(args.batch) % 10
+        labels = torch.arange(args.batch, device=device) % 10
         times: dict[str, list[float]] = {"unguided": [], "lora": [], "merged": []}
         scheduler = build_sampler(diffusion.scheduler, "ddim")
+
+        def synced() -> float:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter()
+
         for _ in range(args.repeats + 1):  # the first round warms up and is dropped
-            start = time.perf_counter()
+            start = synced()
             with torch.no_grad():
-                sample(diffusion.net, scheduler, seeds, diffusion.latent_shape, args.steps)
-            times["unguided"].append(time.perf_counter() - start)
+                sample(diffusion.net, scheduler, seeds, diffusion.latent_shape, args.steps, device=device)
+            times["unguided"].append(synced() - start)
             for kind, guide in guides.items():
-                start = time.perf_counter()
+                start = synced()
                 guided_sample(diffusion, guide, labels, seeds, 7.5, args.steps, "ddim", 0.0)
-                times[kind].append(time.perf_counter() - start)
+                times[kind].append(synced() - start)
         med = {k: statistics.median(v[1:]) for k, v in times.items()}
         print(
             f"| {setup} | {med['unguided']:.3f} | {med['lora']:.3f} | {med['merged']:.3f} | "
