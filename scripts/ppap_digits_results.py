@@ -12,7 +12,9 @@ For each seed the three trained guides are fitted through the real CLI (``--seed
 - guided sampling: ``--num_samples`` DDIM-``--steps`` samples of the digits diffusion model per guidance scale,
   sample i from the same noise and towards the same random class y_i for every guide; class accuracy of the
   samples as judged by an independent classifier (the FID digits classifier, a different training run from the
-  teacher), and FID of the samples against the held-out digits on that classifier's features.
+  teacher), FID of the samples against the held-out digits on that classifier's features, and IS on that
+  classifier's logits (`build_inception_score("classifier")`, one split; not the Inception Score of the literature,
+  at most 10 for 10 classes: it rewards confident and class-balanced samples).
 Unguided samples (s = 0) give the chance-level reference. Writes ``<out>/results.json`` and ``<out>/results.md``.
 
 Prerequisites (see docs/ppap.md): checkpoints/ppap/digits_teacher.ckpt, checkpoints/ppap/digits_diffusion.ckpt,
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from datamodules.ppap import PPAPDataModule  # noqa: E402
 from lightning_modules.classifier import ImageClassifier  # noqa: E402
 from lightning_modules.diffusion.fid import build_fid  # noqa: E402
+from lightning_modules.diffusion.inception_score import build_inception_score  # noqa: E402
 from lightning_modules.diffusion.router import IntervalRouter  # noqa: E402
 from lightning_modules.diffusion.sampling import to_uint8  # noqa: E402
 from lightning_modules.ppap.guidance import guided_sample  # noqa: E402
@@ -138,6 +141,7 @@ def main() -> None:
     alphas = diffusion.scheduler.alphas_cumprod.float()
     judge = ImageClassifier.load_from_checkpoint(str(ROOT / args.judge_ckpt), map_location="cpu").eval()
     fid = build_fid("classifier", str(ROOT / args.judge_ckpt))
+    inception = build_inception_score("classifier", str(ROOT / args.judge_ckpt), splits=1)
     real = to_uint8(images)
 
     results: dict = {"config": vars(args), "runs": []}
@@ -151,7 +155,7 @@ def main() -> None:
             for name in args.guides
         }
         ppap_module = torch.load(ckpts["ppap"], map_location="cpu", weights_only=False)
-        run = {"seed": seed, "interval_acc": {}, "sample_acc": {}, "fid": {}, "sample_seconds": {}}
+        run = {"seed": seed, "interval_acc": {}, "sample_acc": {}, "fid": {}, "is": {}, "sample_seconds": {}}
         for name in args.guides:
             run["interval_acc"][name] = interval_accuracy(guides[name], images, labels, alphas, seed)
         indices = list(range(args.num_samples))
@@ -177,8 +181,13 @@ def main() -> None:
                 fid.update(to_uint8(x), real=False)
                 run["fid"][key] = float(fid.compute())
                 fid.reset()
+                inception.update(to_uint8(x))
+                with torch.random.fork_rng(devices=[]):  # IS shuffles with the global RNG: leave it untouched
+                    run["is"][key] = float(inception.compute()[0])
+                inception.reset()
                 print(
-                    f"seed {seed} {key}: acc {run['sample_acc'][key]:.3f} fid {run['fid'][key]:.2f}",
+                    f"seed {seed} {key}: acc {run['sample_acc'][key]:.3f} fid {run['fid'][key]:.2f} "
+                    f"is {run['is'][key]:.2f}",
                     flush=True,
                 )
         hp = ppap_module["hyper_parameters"]
@@ -221,15 +230,25 @@ def write_markdown(results: dict, path: Path) -> None:
         f"{cfg['num_samples']} samples per cell, DDIM-{cfg['steps']}, random target classes; FID against the 400 "
         "held-out digits (few samples: FID is biased upwards, compare within the table only).",
         "",
-        "| guide | scale | judged accuracy | FID |",
-        "|---|---|---|---|",
     ]
+    has_is = all("is" in r for r in runs)  # results.json files written before the IS column have none
+    if has_is:
+        lines[-1:-1] = [
+            "IS: the Inception Score formula on the judge's logits, one split per cell (at most 10, the number of "
+            "classes; not comparable with Inception-v3 IS).",
+        ]
+    lines += (
+        ["| guide | scale | judged accuracy | FID | IS (judge) |", "|---|---|---|---|---|"]
+        if has_is
+        else ["| guide | scale | judged accuracy | FID |", "|---|---|---|---|"]
+    )
     keys = list(runs[0]["sample_acc"])
     for key in keys:
         name, scale = key.split("@")
         acc = [r["sample_acc"][key] for r in runs]
         fid = [r["fid"][key] for r in runs]
-        lines.append(f"| {name} | {scale} | {_fmt(acc)} | {_fmt(fid)} |")
+        row = f"| {name} | {scale} | {_fmt(acc)} | {_fmt(fid)} |"
+        lines.append(row + (f" {_fmt([r['is'][key] for r in runs])} |" if has_is else ""))
     path.write_text("\n".join(lines) + "\n")
 
 
