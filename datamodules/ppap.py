@@ -236,20 +236,42 @@ def existing_indices(output_dir: str | Path) -> set[int]:
 
 
 class PendingSamplesDataModule(L.LightningDataModule):
-    """``predict`` over the sample indices in ``0..num_samples-1`` without a PNG in ``output_dir`` yet.
+    """``predict`` over the sample indices in ``0..num_samples-1`` without a PNG in the output folder yet.
 
     Rerunning the same command after an interruption generates only what is missing (the diffusion module seeds
     sample i's noise by i, so the result is the same as one uninterrupted run).
+
+    Args:
+        output_dir: the folder to check; None (the configs' choice) reads the model's own ``sample_dir()``, so a
+            command-line change of the model's output folder cannot leave the two apart. When both are set they
+            must agree (otherwise a rerun would regenerate, or skip, the wrong samples).
+        num_samples, batch_size: how many samples in all, and per predict batch.
     """
 
-    def __init__(self, output_dir: str, num_samples: int = 2000, batch_size: int = 250) -> None:
+    def __init__(self, output_dir: str | None = None, num_samples: int = 2000, batch_size: int = 250) -> None:
         super().__init__()
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.output_dir, self.num_samples, self.batch_size = output_dir, int(num_samples), int(batch_size)
 
+    def folder(self) -> Path:
+        """The output folder: ``output_dir``, or the model's ``sample_dir()``; an error when they disagree."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        model_dir = model.sample_dir() if model is not None and hasattr(model, "sample_dir") else None
+        if self.output_dir is None:
+            if model_dir is None:
+                raise ValueError("PendingSamplesDataModule needs output_dir, or a model with sample_dir()")
+            return Path(model_dir)
+        if model_dir is not None and Path(model_dir).resolve() != Path(self.output_dir).resolve():
+            raise ValueError(
+                f"data output_dir {self.output_dir!r} differs from the model's output folder {str(model_dir)!r}: "
+                "samples would be written to one and looked for in the other. Set only the model's output_dir "
+                "(the data module then follows it)."
+            )
+        return Path(self.output_dir)
+
     def pending(self) -> list[int]:
-        done = existing_indices(self.output_dir)
+        done = existing_indices(self.folder())
         return [i for i in range(self.num_samples) if i not in done]
 
     def predict_dataloader(self) -> DataLoader:

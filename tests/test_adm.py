@@ -223,20 +223,25 @@ def test_paper_scale_generation_and_sampling_configs_run_on_a_converted_adm(tmp_
         "--trainer.enable_progress_bar=false",
     ]
     generated = tmp_path / "generated"
-    LitCLI(
-        args=[
-            "predict",
-            "-c",
-            str(ROOT / "configs/ppap/adm256_generate.yaml"),
-            "--model.init_args.sample_steps=2",
-            f"--model.init_args.output_dir={generated}",
-            "--data.init_args.num_samples=2",
-            *cpu,
-            f"--ckpt_path={ckpt}",
-        ]
-    )
+    generate = [
+        "predict",
+        "-c",
+        str(ROOT / "configs/ppap/adm256_generate.yaml"),
+        "--model.init_args.sample_steps=2",
+        f"--model.init_args.output_dir={generated}",  # the data module follows the model's folder
+        "--data.init_args.num_samples=2",
+        *cpu,
+        f"--ckpt_path={ckpt}",
+    ]
+    LitCLI(args=generate)
     images = sorted(generated.glob("*.png"))
     assert [p.name for p in images] == ["000000.png", "000001.png"]
+    kept = images[0].stat().st_mtime_ns
+    images[1].unlink()  # an interrupted run: the rerun makes only the missing sample
+    LitCLI(args=generate)
+    assert images[1].is_file() and images[0].stat().st_mtime_ns == kept
+    with pytest.raises(ValueError, match="differs from the model's output folder"):
+        LitCLI(args=[*generate, f"--data.init_args.output_dir={tmp_path / 'elsewhere'}"])
     guided = tmp_path / "guided"
     cli = LitCLI(
         args=[

@@ -366,14 +366,18 @@ class DiffusionModule(L.LightningModule):
         finally:
             self.net.train(was_training)
 
+    def sample_dir(self) -> Path:
+        """Where `predict` writes its PNGs: ``output_dir``, else ``<log_dir>/samples`` (``PendingSamplesDataModule``
+        reads the same folder to resume)."""
+        if self.eval_args["output_dir"]:
+            return Path(self.eval_args["output_dir"])
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "samples"
+
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Generate the samples whose indices are in the batch and write them as ``<output_dir>/<index>.png``."""
         indices = images_of(batch).flatten().tolist()
         images = self.generate(indices)
-        out = Path(
-            self.eval_args["output_dir"]
-            or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "samples"
-        )
+        out = self.sample_dir()
         out.mkdir(parents=True, exist_ok=True)
         for i, image in zip(indices, images, strict=True):
             tmp = out / f".{i:06d}.png.tmp"

@@ -133,6 +133,10 @@ class PPAPGuidedSampling(L.LightningModule):
                 self.diffusion.eval_args[key] = value
         self.guide = load_guide(guide_ckpts, offtheshelf, merge_lora) if guide_ckpts else None
 
+    def sample_dir(self) -> Path:
+        """Where the PNGs go (``PendingSamplesDataModule`` reads the same folder to resume)."""
+        return Path(self.hparams.output_dir)
+
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         hp = self.hparams
         indices = batch.flatten().tolist()
@@ -143,7 +147,7 @@ class PPAPGuidedSampling(L.LightningModule):
             images = guided_sample(
                 self.diffusion, self.guide, labels, seeds, hp.scale, hp.sample_steps, hp.sampler, hp.eta
             )
-        out = Path(hp.output_dir)
+        out = self.sample_dir()
         out.mkdir(parents=True, exist_ok=True)
         for i, y, image in zip(indices, labels.tolist(), images, strict=True):
             tmp = out / f".{i:06d}.png.tmp"
