@@ -41,9 +41,9 @@ from datamodules.loaders import eval_dataloader
 from datamodules.rotated_digits import upsampled_digits
 
 GENERATED_LAYOUT = (
-    "a flat folder of PNGs <generated_root>/000000.png, 000001.png, ... written by the unconditional diffusion "
-    "model: python cli.py predict -c <diffusion config> --ckpt_path <ckpt> "
-    "--model.init_args.output_dir <generated_root> (see docs/ppap.md)"
+    "PNGs <generated_root>/000000.png, 000001.png, ... or in shard folders <generated_root>/0000/000000.png, ... "
+    "(one level deep) written by the unconditional diffusion model: python cli.py predict -c <diffusion config> "
+    "--ckpt_path <ckpt> --model.init_args.output_dir <generated_root> (see docs/ppap.md)"
 )
 IMAGEFOLDER_LAYOUT = (
     "ImageNet: <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (val sorted into wnid folders, e.g. with "
@@ -96,10 +96,12 @@ class CachedImages(Dataset):
 
 
 def generated_files(root: str | None) -> list[Path]:
-    """The sorted PNGs directly in ``root``; one clear error when the folder is missing or empty."""
+    """The sorted PNGs in ``root`` and its shard folders (one level); one clear error when missing or empty."""
     if root is None or not Path(root).is_dir():
         raise DataLayoutError(f"generated image folder {root!r} does not exist. Expected {GENERATED_LAYOUT}")
-    files = sorted(p for p in Path(root).iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    top = list(Path(root).iterdir())
+    entries = top + [p for d in top if d.is_dir() for p in d.iterdir()]
+    files = sorted(p for p in entries if p.suffix.lower() == ".png" and p.is_file())
     if not files:
         raise DataLayoutError(f"no PNG images in {root!r}. Expected {GENERATED_LAYOUT}")
     return files
@@ -228,11 +230,12 @@ _INDEX = re.compile(r"^(\d+)")
 
 
 def existing_indices(output_dir: str | Path) -> set[int]:
-    """Sample indices that already have a PNG ``<index>*.png`` in ``output_dir``."""
+    """Sample indices that already have a PNG ``<index>*.png`` in ``output_dir`` or its shard folders."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return set()
-    return {int(m.group(1)) for p in folder.glob("*.png") if (m := _INDEX.match(p.name))}
+    files = [*folder.glob("*.png"), *folder.glob("*/*.png")]
+    return {int(m.group(1)) for p in files if (m := _INDEX.match(p.name))}
 
 
 class PendingSamplesDataModule(L.LightningDataModule):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cli import LitCLI
+from datamodules.ppap import generated_files
 from lightning_modules.diffusion.adm import (
     ADM_256_UNCOND,
     ADM_256_UNCOND_URL,
@@ -234,8 +235,9 @@ def test_paper_scale_generation_and_sampling_configs_run_on_a_converted_adm(tmp_
         f"--ckpt_path={ckpt}",
     ]
     LitCLI(args=generate)
-    images = sorted(generated.glob("*.png"))
-    assert [p.name for p in images] == ["000000.png", "000001.png"]
+    images = sorted(generated.rglob("*.png"))
+    assert [str(p.relative_to(generated)) for p in images] == ["0000/000000.png", "0000/000001.png"]  # shards
+    assert generated_files(str(generated)) == images  # what PPAP's expert training reads
     kept = images[0].stat().st_mtime_ns
     images[1].unlink()  # an interrupted run: the rerun makes only the missing sample
     LitCLI(args=generate)

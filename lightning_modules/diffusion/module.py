@@ -74,6 +74,7 @@ EVAL_ARGS = (
     "clip_sample",
     "sample_seed",
     "output_dir",
+    "shard_size",
     "fid_feature",
     "fid_weights_path",
     "fid_num_samples",
@@ -100,6 +101,8 @@ class DiffusionModule(L.LightningModule):
         clip_sample: clip the predicted x0 to [-1, 1] at each sampling step (guided-diffusion's default).
         sample_seed: base seed; sample ``i`` starts from the noise seeded ``sample_seed * 10**6 + i``.
         output_dir: where `predict` writes PNGs (default ``<log_dir>/samples``).
+        shard_size: write sample i as ``<output_dir>/<i // shard_size:04d>/<i:06d>.png`` (folders of
+            ``shard_size`` files, for large sets such as PPAP's 500k); None: one flat folder.
         fid_feature, fid_weights_path: FID extractor (``classifier``, ``inception`` or ``none``) and its weights.
         fid_num_samples, fid_batch_size: generated images for FID in `test`, and the sampling batch.
         inception_score, is_splits: also the Inception Score of those samples (``test/is``, ``test/is_std``),
@@ -130,6 +133,7 @@ class DiffusionModule(L.LightningModule):
         clip_sample: bool = False,
         sample_seed: int = 0,
         output_dir: str | None = None,
+        shard_size: int | None = None,
         fid_feature: str = "none",
         fid_weights_path: str | None = None,
         fid_num_samples: int = 1000,
@@ -151,6 +155,7 @@ class DiffusionModule(L.LightningModule):
             "clip_sample": clip_sample,
             "sample_seed": sample_seed,
             "output_dir": output_dir,
+            "shard_size": shard_size,
             "fid_feature": fid_feature,
             "fid_weights_path": fid_weights_path,
             "fid_num_samples": fid_num_samples,
@@ -184,6 +189,8 @@ class DiffusionModule(L.LightningModule):
         self.num_train_timesteps = int(num_train_timesteps)
         if fid_feature not in ("none", "classifier", "inception"):
             raise ValueError(f"fid_feature must be 'none', 'classifier' or 'inception', got {fid_feature!r}")
+        if shard_size is not None and shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1 or null, got {shard_size}")
         if inception_score and fid_feature == "none":
             raise ValueError(
                 "inception_score needs fid_feature 'inception' or 'classifier' (the network it scores with)"
@@ -379,10 +386,13 @@ class DiffusionModule(L.LightningModule):
         images = self.generate(indices)
         out = self.sample_dir()
         out.mkdir(parents=True, exist_ok=True)
+        shard = self.eval_args.get("shard_size")
         for i, image in zip(indices, images, strict=True):
-            tmp = out / f".{i:06d}.png.tmp"
+            folder = out / f"{i // shard:04d}" if shard else out
+            folder.mkdir(exist_ok=True)
+            tmp = folder / f".{i:06d}.png.tmp"
             save_image((image + 1) / 2, tmp, format="png")
-            tmp.replace(out / f"{i:06d}.png")  # never a half-written file
+            tmp.replace(folder / f"{i:06d}.png")  # never a half-written file
         return torch.as_tensor(indices)
 
     # ------------------------------------------------------------------ optimization and checkpoints
