@@ -260,3 +260,18 @@ def test_paper_scale_generation_and_sampling_configs_run_on_a_converted_adm(tmp_
     )
     assert cli.model.diffusion.eval_args["clip_sample"] is True
     assert len(list(guided.glob("00000[01]_y*.png"))) == 2
+
+
+def test_samplers_respace_as_guided_diffusion():
+    """DDIM-25 with `leading` is ADM's "ddim25" (t = 0, 40, ..., 960); DDPM-250 with `linspace` is ADM's "250"
+    (round(i * 999 / 249)). Also catches spacing silently falling back to diffusers' default."""
+    module = DiffusionModule(input_shape=(3, 8, 8), learn_sigma=True)
+    ddim = build_sampler(module.scheduler, "ddim", "leading")
+    ddim.set_timesteps(25)
+    assert sorted(ddim.timesteps.tolist()) == list(range(0, 1000, 40))
+    ddpm = build_sampler(module.scheduler, "ddpm", "linspace")
+    ddpm.set_timesteps(250)
+    assert sorted(ddpm.timesteps.tolist()) == [round(i * 999 / 249) for i in range(250)]
+    trailing = build_sampler(module.scheduler, "ddim", "trailing")
+    trailing.set_timesteps(25)
+    assert trailing.timesteps[0] == 999

@@ -45,14 +45,12 @@ def build_sampler(
     clip_sample: bool = False,
 ):
     """A sampling scheduler with the training betas: ``ddim`` or ``ddpm``."""
-    config = {
-        **train_scheduler.config,
-        "timestep_spacing": timestep_spacing,
-        "clip_sample": bool(clip_sample),
-    }
+    # the settings go in as keyword arguments: diffusers' from_config drops config entries listed in the config's
+    # `_use_default_values` (arguments the training scheduler was built without, such as timestep_spacing)
+    settings = {"timestep_spacing": timestep_spacing, "clip_sample": bool(clip_sample)}
     if kind == "ddim":
-        config.pop("variance_type", None)  # DDIM is deterministic in x0/eps; it has no variance type
-        return DDIMScheduler.from_config(config, set_alpha_to_one=False)
+        config = {k: v for k, v in train_scheduler.config.items() if k != "variance_type"}  # DDIM has none
+        return DDIMScheduler.from_config(config, set_alpha_to_one=False, **settings)
     if kind == "ddpm":
-        return DDPMScheduler.from_config(config)
+        return DDPMScheduler.from_config(train_scheduler.config, **settings)
     raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {kind!r}")
