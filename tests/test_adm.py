@@ -259,6 +259,7 @@ def test_paper_scale_generation_and_sampling_configs_run_on_a_converted_adm(tmp_
         ]
     )
     assert cli.model.diffusion.eval_args["clip_sample"] is True
+    assert cli.model.diffusion.eval_args["final_alpha_one"] is True
     assert len(list(guided.glob("00000[01]_y*.png"))) == 2
 
 
@@ -275,3 +276,20 @@ def test_samplers_respace_as_guided_diffusion():
     trailing = build_sampler(module.scheduler, "ddim", "trailing")
     trailing.set_timesteps(25)
     assert trailing.timesteps[0] == 999
+
+
+def test_final_ddim_step_returns_the_clipped_x0_prediction_with_final_alpha_one():
+    """guided-diffusion's last DDIM step (alpha_bar_prev = 1) returns the clipped x0; diffusers' default does not."""
+    module = DiffusionModule(input_shape=(3, 8, 8))
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    a = module.scheduler.alphas_cumprod[0]
+    x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+    last = {}
+    for final_alpha_one in (True, False):
+        scheduler = build_sampler(module.scheduler, "ddim", "leading", True, final_alpha_one)
+        scheduler.set_timesteps(25)
+        assert int(scheduler.timesteps[-1]) == 0
+        last[final_alpha_one] = guided_step(scheduler, eps, scheduler.timesteps[-1], x, None)
+    torch.testing.assert_close(last[True], x0)
+    assert (last[False] - x0).abs().max() > 1e-3

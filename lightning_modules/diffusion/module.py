@@ -72,6 +72,7 @@ EVAL_ARGS = (
     "eta",
     "timestep_spacing",
     "clip_sample",
+    "final_alpha_one",
     "sample_seed",
     "output_dir",
     "shard_size",
@@ -99,6 +100,8 @@ class DiffusionModule(L.LightningModule):
         lr, weight_decay, adam_betas: AdamW for the denoiser.
         sampler, sample_steps, eta, timestep_spacing: the sampling scheduler (``ddim`` or ``ddpm``).
         clip_sample: clip the predicted x0 to [-1, 1] at each sampling step (guided-diffusion's default).
+        final_alpha_one: the last DDIM step lands on alpha_bar = 1, i.e. returns the predicted x0 (the DDIM paper
+            and guided-diffusion); False keeps diffusers' alpha_bar_0 (``set_alpha_to_one=False``).
         sample_seed: base seed; sample ``i`` starts from the noise seeded ``sample_seed * 10**6 + i``.
         output_dir: where `predict` writes PNGs (default ``<log_dir>/samples``).
         shard_size: write sample i as ``<output_dir>/<i // shard_size:04d>/<i:06d>.png`` (folders of
@@ -131,6 +134,7 @@ class DiffusionModule(L.LightningModule):
         eta: float = 0.0,
         timestep_spacing: str = "leading",
         clip_sample: bool = False,
+        final_alpha_one: bool = False,
         sample_seed: int = 0,
         output_dir: str | None = None,
         shard_size: int | None = None,
@@ -153,6 +157,7 @@ class DiffusionModule(L.LightningModule):
             "eta": eta,
             "timestep_spacing": timestep_spacing,
             "clip_sample": clip_sample,
+            "final_alpha_one": final_alpha_one,
             "sample_seed": sample_seed,
             "output_dir": output_dir,
             "shard_size": shard_size,
@@ -354,7 +359,11 @@ class DiffusionModule(L.LightningModule):
         """Images in [-1, 1] for the sample indices (sample i's noise is seeded ``sample_seed * 10**6 + i``)."""
         ev = self.eval_args
         scheduler = build_sampler(
-            self.scheduler, sampler or ev["sampler"], ev["timestep_spacing"], ev["clip_sample"]
+            self.scheduler,
+            sampler or ev["sampler"],
+            ev["timestep_spacing"],
+            ev["clip_sample"],
+            ev["final_alpha_one"],
         )
         seeds = [ev["sample_seed"] * 1_000_000 + int(i) for i in indices]
         was_training = self.net.training

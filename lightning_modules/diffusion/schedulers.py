@@ -7,7 +7,8 @@ same config, so the betas are identical: `DDIMScheduler` (eta = 0 deterministic 
 A model with a learned variance (ADM's ``learn_sigma``) gets ``variance_type="learned_range"``: its DDPM sampler
 then reads the variance channels (``Sigma = exp(frac log beta_t + (1 - frac) log beta~_t)``, frac = (v + 1) / 2,
 with the respaced betas), while DDIM ignores them. ``clip_sample`` clips the predicted x0 to [-1, 1] at each
-step, as guided-diffusion's samplers do by default (``clip_denoised=True``).
+step, as guided-diffusion's samplers do by default (``clip_denoised=True``); ``final_alpha_one`` makes DDIM's last
+step land on alpha_bar = 1 (guided-diffusion, the DDIM paper) rather than alpha_bar_0 (diffusers' default here).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def build_sampler(
     kind: str = "ddim",
     timestep_spacing: str = "leading",
     clip_sample: bool = False,
+    final_alpha_one: bool = False,
 ):
     """A sampling scheduler with the training betas: ``ddim`` or ``ddpm``."""
     # the settings go in as keyword arguments: diffusers' from_config drops config entries listed in the config's
@@ -50,7 +52,7 @@ def build_sampler(
     settings = {"timestep_spacing": timestep_spacing, "clip_sample": bool(clip_sample)}
     if kind == "ddim":
         config = {k: v for k, v in train_scheduler.config.items() if k != "variance_type"}  # DDIM has none
-        return DDIMScheduler.from_config(config, set_alpha_to_one=False, **settings)
+        return DDIMScheduler.from_config(config, set_alpha_to_one=bool(final_alpha_one), **settings)
     if kind == "ddpm":
         return DDPMScheduler.from_config(train_scheduler.config, **settings)
     raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {kind!r}")

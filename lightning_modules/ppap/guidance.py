@@ -138,6 +138,7 @@ def guided_sample(
         sampler or ev["sampler"],
         ev.get("timestep_spacing", "leading"),
         ev.get("clip_sample", False),
+        ev.get("final_alpha_one", False),
     )
     eta = ev.get("eta", 0.0) if eta is None else eta
     labels = torch.as_tensor(labels, device=device).long()

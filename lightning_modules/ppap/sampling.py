@@ -100,8 +100,8 @@ class PPAPGuidedSampling(L.LightningModule):
         num_classes: classes the target labels are drawn from.
         scale: guidance scale s (official default 7.5).
         sampler, sample_steps, eta: override the diffusion model's sampling settings (None keeps them).
-        timestep_spacing, clip_sample: the same for the respacing rule and the clipping of x0 (None keeps the
-            module's defaults: ``leading``, no clipping).
+        timestep_spacing, clip_sample, final_alpha_one: the same for the respacing rule, the clipping of x0 and
+            DDIM's last step (None keeps the module's defaults: ``leading``, no clipping, alpha_bar_0).
         sample_seed, label_seed: seeds of the initial noise and of the target classes.
         output_dir: where the PNGs go.
     """
@@ -120,6 +120,7 @@ class PPAPGuidedSampling(L.LightningModule):
         eta: float | None = 0.0,
         timestep_spacing: str | None = None,
         clip_sample: bool | None = None,
+        final_alpha_one: bool | None = None,
         sample_seed: int = 0,
         label_seed: int = 0,
         output_dir: str = "outputs/ppap_samples",
@@ -128,7 +129,12 @@ class PPAPGuidedSampling(L.LightningModule):
         self.save_hyperparameters()
         self.diffusion = load_diffusion(diffusion_ckpt, diffusion_class)
         # sampling settings are not stored in diffusion checkpoints (they are evaluation arguments)
-        for key, value in (("timestep_spacing", timestep_spacing), ("clip_sample", clip_sample)):
+        overrides = {
+            "timestep_spacing": timestep_spacing,
+            "clip_sample": clip_sample,
+            "final_alpha_one": final_alpha_one,
+        }
+        for key, value in overrides.items():
             if value is not None:
                 self.diffusion.eval_args[key] = value
         self.guide = load_guide(guide_ckpts, offtheshelf, merge_lora) if guide_ckpts else None
