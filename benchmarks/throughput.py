@@ -4,7 +4,8 @@
     python benchmarks/throughput.py --steps 600 --repeats 3
 
 Same model, data pipeline and optimizer in every case; the config is the quickstart's, instantiated by the real
-CLI. Time per step is measured over the steps after `--warmup`, median over `--repeats` runs:
+CLI. Time per step is measured over the steps after `--warmup`, median over `--repeats` rounds; each round runs
+the four cases back to back (so slow drift of a shared machine hits them alike):
 - plain: a hand-written loop over the datamodule's train loader (forward, cross-entropy, backward, Adam step);
 - fit: the CLI's Trainer.fit with validation and checkpointing off (the framework's own overhead);
 - erm / erm+swad: Trainer.fit with validation every F steps as in the real runs, without and with the SWAD
@@ -111,13 +112,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
 
-    def median(fn, *a) -> float:
-        return statistics.median(fn(*a) for _ in range(args.repeats))
-
-    plain = median(plain_loop, args.config, args.steps, args.warmup)
-    fit = median(lightning_fit, args.config, args.steps, args.warmup, None)
-    erm = median(lightning_fit, args.config, args.steps, args.warmup, False)
-    swad = median(lightning_fit, args.config, args.steps, args.warmup, True)
+    # the four cases run back to back within each repeat, so slow drift of a shared machine hits them alike
+    times: dict[str, list[float]] = {"plain": [], "fit": [], "erm": [], "swad": []}
+    for _ in range(args.repeats):
+        times["plain"].append(plain_loop(args.config, args.steps, args.warmup))
+        times["fit"].append(lightning_fit(args.config, args.steps, args.warmup, None))
+        times["erm"].append(lightning_fit(args.config, args.steps, args.warmup, False))
+        times["swad"].append(lightning_fit(args.config, args.steps, args.warmup, True))
+    plain, fit, erm, swad = (statistics.median(times[k]) for k in ("plain", "fit", "erm", "swad"))
     rows = [
         ("plain PyTorch loop", plain),
         ("cli.py fit (no validation)", fit),
