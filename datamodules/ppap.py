@@ -164,7 +164,9 @@ class PPAPDataModule(L.LightningDataModule):
         c = self.channels
         return T.Compose([*steps, T.ToTensor(), T.Normalize((0.5,) * c, (0.5,) * c)])
 
-    def _labelled_sets(self) -> tuple[Dataset, Dataset]:
+    def _labelled_sets(self) -> tuple[Dataset | None, Dataset]:
+        """(labelled train set, evaluation set); the ImageFolder train split is only read when training on it
+        (ImageNet's 1.28M training files need not exist, nor be listed, for PPAP's generated-data runs)."""
         if self.labelled == "digits":
             images, labels = upsampled_digits(self.image_size)
             order = torch.randperm(
@@ -176,13 +178,16 @@ class PPAPDataModule(L.LightningDataModule):
                 raise ValueError("flip is not supported for the digits (they are not mirror-symmetric)")
             return train_set, Subset(dataset, order[: self.holdout])
         root = Path(self.labelled_root or "")
-        for split in ("train", "val"):
+        splits = ("train", "val") if self.train_source == "labelled" else ("val",)
+        for split in splits:
             if not (root / split).is_dir():
                 raise DataLayoutError(f"{str(root / split)!r} does not exist. Expected {IMAGEFOLDER_LAYOUT}")
         loader = lambda path: load_image(Path(path), self.channels)  # noqa: E731
         try:
-            train_set = datasets.ImageFolder(str(root / "train"), self._transform(True), loader=loader)
             val_set = datasets.ImageFolder(str(root / "val"), self._transform(False), loader=loader)
+            if self.train_source != "labelled":
+                return None, val_set
+            train_set = datasets.ImageFolder(str(root / "train"), self._transform(True), loader=loader)
         except FileNotFoundError as e:
             raise DataLayoutError(f"{e}. Expected {IMAGEFOLDER_LAYOUT}") from e
         if train_set.classes != val_set.classes:

@@ -142,3 +142,24 @@ def test_imagefolder_and_generated_items(fixtures, tmp_path):
     gen.setup("fit")
     image, label = gen.train_set[0]
     assert image.shape == (1, 8, 8) and label == -1 and len(gen.train_set) == 12
+
+
+def test_generated_training_needs_only_the_val_split_of_an_imagefolder(fixtures, tmp_path):
+    """PPAP's ImageNet runs train on generated PNGs: ImageNet's train split is neither required nor listed."""
+    for wnid in ("n01", "n02"):
+        folder = tmp_path / "imagenet" / "val" / wnid
+        folder.mkdir(parents=True)
+        save_image(torch.rand(3, 12, 10), folder / "0.JPEG", format="jpeg")
+    dm = PPAPDataModule(
+        generated_root=fixtures["generated"],
+        labelled="imagefolder",
+        labelled_root=str(tmp_path / "imagenet"),
+        batch_size=4,
+    )
+    dm.setup("fit")
+    assert len(dm.train_set) == 12 and len(dm.eval_set) == 2
+    labelled = PPAPDataModule(
+        train="labelled", labelled="imagefolder", labelled_root=str(tmp_path / "imagenet")
+    )
+    with pytest.raises(DataLayoutError, match="train"):  # training on labels does need it
+        labelled.setup("fit")
