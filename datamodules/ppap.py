@@ -284,6 +284,10 @@ class PendingSamplesDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         todo = self.pending()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # rank 0's list for every rank: a rank that lists the folder after another has begun writing would
+            # otherwise shard a different list, and some samples would be left for the next run
+            todo = self.trainer.strategy.broadcast(todo, src=0)
         return DataLoader(Subset(IndexDataset(self.num_samples), todo), batch_size=self.batch_size)
 
 
