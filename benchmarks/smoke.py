@@ -13,7 +13,7 @@ memory, not accuracy. Pretrained weights are off (random init). Results are prin
 Entries (paper-scale configs): SWAD on PACS (ResNet-50); SimCLR on CIFAR-10 without and with ScoreCL's pair
 weighting (ResNet-18, batch 256; the ScoreCL score network is pretrained for `SCORE_PRETRAIN_STEPS` steps
 instead of 20k, before the timed steps); ANT with uncertainty weighting on the ADM U-Net at FFHQ 256 px (batch
-10). In --cpu mode the inputs are tiny (32 px CIFAR batch 4, 16 px faces on the `tiny` U-Net preset, ResNet-18
+10); PPAP's ResNet-50 LoRA experts on generated 256-px PNGs (batch 256, the first expert's steps). In --cpu mode the inputs are tiny (32 px CIFAR batch 4, 16 px faces on the `tiny` U-Net preset, ResNet-18
 for SWAD) so the CPU run checks the plumbing, not the speed.
 """
 
@@ -164,6 +164,27 @@ def qg_squad_data(tmp: Path, cpu: bool) -> list[str]:
     return [f"--data.init_args.root={tmp}"]
 
 
+def ppap_imagenet_data(tmp: Path, cpu: bool) -> list[str]:
+    """PPAP's inputs: generated PNGs in shard folders (<root>/0000/000000.png ...) and ImageNet val (val/<wnid>/)."""
+    rng = np.random.default_rng(0)
+    n, size = (8, 32) if cpu else (512, 256)
+    generated = tmp / "generated" / "0000"
+    generated.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            generated / f"{i:06d}.png"
+        )
+    for wnid in ("n01440764", "n01443537"):
+        folder = tmp / "imagenet" / "val" / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    return [
+        f"--data.init_args.generated_root={tmp / 'generated'}",
+        f"--data.init_args.labelled_root={tmp / 'imagenet'}",
+    ]
+
+
 # T5-large's shape (the paper-scale config's model) with random weights: no checkpoint is needed for speed/memory.
 T5_LARGE = "{model_type: t5, d_model: 1024, d_ff: 4096, d_kv: 64, num_heads: 16, num_layers: 24}"
 T5_TINY = "{model_type: t5, d_model: 32, d_ff: 64, d_kv: 8, num_heads: 4, num_layers: 2}"
@@ -229,6 +250,17 @@ ENTRIES: dict[str, Entry] = {
         qg_squad_data,
         gpu_args=[*QG_COMMON, f"--model.init_args.model_config={T5_LARGE}"],
         cpu_args=[*QG_COMMON, f"--model.init_args.model_config={T5_TINY}", "--data.init_args.batch_size=2"],
+    ),
+    "ppap_resnet50_imagenet": Entry(
+        "configs/ppap/resnet50_imagenet.yaml",
+        ppap_imagenet_data,
+        gpu_args=["--model.init_args.pretrained=false"],
+        cpu_args=[
+            "--model.init_args.pretrained=false",
+            "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=2",
+            "--data.init_args.num_workers=0",
+        ],
     ),
     "ant_adm_ffhq_uw": Entry(
         "configs/ant/adm_ffhq_uw.yaml",

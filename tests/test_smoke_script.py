@@ -13,7 +13,7 @@ from benchmarks import smoke  # noqa: E402
 
 
 def test_smoke_script_cpu_mode(tmp_path):
-    """Every entry (SWAD, SimCLR with and without ScoreCL, PRS, QG, ANT-UW) runs 3 steps; 2 of them are timed."""
+    """Every entry (SWAD, SimCLR with and without ScoreCL, PRS, QG, PPAP, ANT-UW) runs 3 steps; 2 are timed."""
     rows = smoke.main(["--cpu", "--steps", "3", "--out", str(tmp_path / "smoke.json")])
     assert [r["method"] for r in rows] == list(smoke.ENTRIES)
     expected = {
@@ -22,6 +22,7 @@ def test_smoke_script_cpu_mode(tmp_path):
         "scorecl_simclr_cifar10",
         "prs_cifar100",
         "qg_t5_squad",
+        "ppap_resnet50_imagenet",
         "ant_adm_ffhq_uw",
     }
     assert expected <= set(smoke.ENTRIES)
