@@ -293,3 +293,21 @@ def test_final_ddim_step_returns_the_clipped_x0_prediction_with_final_alpha_one(
         last[final_alpha_one] = guided_step(scheduler, eps, scheduler.timesteps[-1], x, None)
     torch.testing.assert_close(last[True], x0)
     assert (last[False] - x0).abs().max() > 1e-3
+
+
+def test_clipped_guided_ddim_step_follows_guided_diffusions_condition_score():
+    """With clip_sample, guidance corrects the epsilon of the *clipped* x0 and the step does not clip again."""
+    module = DiffusionModule(input_shape=(3, 8, 8))
+    scheduler = build_sampler(module.scheduler, "ddim", "leading", clip_sample=True)
+    scheduler.set_timesteps(25)
+    t, t_prev = scheduler.timesteps[20], scheduler.timesteps[21]
+    g = torch.Generator().manual_seed(0)
+    x, eps, grad = (torch.randn(2, 3, 8, 8, generator=g) * k for k in (3.0, 1.0, 2.0))
+    a, a_prev = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[t_prev]
+    x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+    guided_eps = (x - a.sqrt() * x0) / (1 - a).sqrt() - (1 - a).sqrt() * grad
+    guided_x0 = (x - (1 - a).sqrt() * guided_eps) / a.sqrt()
+    assert guided_x0.abs().max() > 1.5  # outside [-1, 1]: a second clip would change the step
+    expected = a_prev.sqrt() * guided_x0 + (1 - a_prev).sqrt() * guided_eps
+    torch.testing.assert_close(guided_step(scheduler, eps, t, x, grad), expected, atol=1e-5, rtol=1e-5)
+    assert scheduler.config.clip_sample  # the caller's scheduler is unchanged

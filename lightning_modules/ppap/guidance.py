@@ -13,7 +13,8 @@ with fewer, respaced steps), and `NoiseRangeGuide` sends ``x_t`` to the expert t
 half-open `IntervalRouter` (the same intervals the experts were trained on). With ``g = s * grad_x log p(y | x_t)``:
 
 - DDIM (score correction, Dhariwal & Nichol Alg. 2): ``eps <- eps - sqrt(1 - alpha_bar_t) * g``, then the
-  scheduler recomputes ``x0`` and takes its usual step;
+  scheduler recomputes ``x0`` and takes its usual step; with ``clip_sample`` the order is guided-diffusion's
+  (x0 clipped before the correction, not after);
 - DDPM (mean shift, Alg. 1): ``mu <- mu + Sigma_t * g``, with the scheduler's posterior variance ``Sigma_t``
   (the model's learned variance for ADM's ``learn_sigma`` models).
 
@@ -78,6 +79,16 @@ def log_prob_gradient(
     return grad.to(x.dtype), selected.detach()
 
 
+def without_clipping(scheduler: DDIMScheduler) -> DDIMScheduler:
+    """The same DDIM sampler (betas, spacing, steps) with ``clip_sample`` off; built once per scheduler."""
+    twin = getattr(scheduler, "_unclipped_twin", None)
+    if twin is None or twin.num_inference_steps != scheduler.num_inference_steps:
+        twin = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+        twin.set_timesteps(scheduler.num_inference_steps, device=scheduler.timesteps.device)
+        scheduler._unclipped_twin = twin
+    return twin
+
+
 def guided_step(
     scheduler,
     eps: torch.Tensor,
@@ -94,9 +105,17 @@ def guided_step(
     network's output, whose ``variance_values`` a learned-variance DDPM scheduler reads.
     """
     if isinstance(scheduler, DDIMScheduler):
-        if grad is not None:
-            alpha_bar = scheduler.alphas_cumprod.to(x.device)[int(t)]
-            eps = eps - (1 - alpha_bar).sqrt() * grad
+        if grad is None:
+            return scheduler.step(eps, t, x, generator=generator, **ddim_options(scheduler, eta)).prev_sample
+        alpha_bar = scheduler.alphas_cumprod.to(x.device)[int(t)]
+        if scheduler.config.clip_sample:
+            # guided-diffusion's condition_score: clip x0 first, guide the epsilon the clipped x0 implies, and take
+            # the DDIM step from that epsilon without clipping again
+            bound = scheduler.config.clip_sample_range
+            x0 = ((x - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()).clamp(-bound, bound)
+            eps = (x - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+            scheduler = without_clipping(scheduler)
+        eps = eps - (1 - alpha_bar).sqrt() * grad
         return scheduler.step(eps, t, x, generator=generator, **ddim_options(scheduler, eta)).prev_sample
     if isinstance(scheduler, DDPMScheduler):
         prev = scheduler.step(step_input(eps, out, scheduler), t, x, generator=generator).prev_sample
