@@ -182,6 +182,15 @@ def test_bad_adm_checkpoints_fail_clearly(tmp_path):
     sd = adm_state_dict(TINY)
     with pytest.raises(ValueError, match="class-conditional"):
         convert_adm_state_dict({**sd, "label_emb.weight": torch.zeros(1000, 128)}, TINY)
+    extra = {
+        **sd,
+        "input_blocks.99.0.in_layers.0.weight": torch.ones(32),
+    }  # a tensor the flags do not describe
+    with pytest.raises(ValueError, match="no place in the U-Net"):
+        convert_adm_state_dict(extra, TINY)
+    four_levels = adm_state_dict({**TINY, "channel_mult": (1, 2, 2, 2)})  # another architecture
+    with pytest.raises(ValueError, match="has no 'output_blocks"):
+        convert_adm_state_dict(four_levels, TINY)
     with pytest.raises(ValueError, match="resblock_updown"):
         convert_adm_state_dict(sd, {**TINY, "resblock_updown": False})
     write_adm(tmp_path / "adm.pt")

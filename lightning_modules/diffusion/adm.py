@@ -148,6 +148,22 @@ _RES = {
 }
 
 
+class _Reads(dict):
+    """A state dict that records which keys were read, so that no tensor of a checkpoint is silently dropped."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        self.read.add(key)
+        if key not in self:
+            raise ValueError(
+                f"the ADM checkpoint has no {key!r}, which these flags need: pass the checkpoint's MODEL_FLAGS"
+            )
+        return super().__getitem__(key)
+
+
 def _resblock(src: dict, prefix: str, dst: dict, target: str) -> None:
     for old, new in _RES.items():
         for p in ("weight", "bias"):
@@ -185,7 +201,7 @@ def convert_adm_state_dict(src: dict[str, torch.Tensor], flags: dict[str, Any] |
             "this is a class-conditional ADM checkpoint (it has label_emb); litlab's diffusion modules and PPAP "
             "use the unconditional model (256x256_diffusion_uncond.pt)"
         )
-    src = {k: v.float() for k, v in src.items()}  # fp16 checkpoints run in fp32 here
+    src = _Reads({k: v.float() for k, v in src.items()})  # fp16 checkpoints run in fp32 here
     head, new_order = int(flags["num_head_channels"]), bool(flags["use_new_attention_order"])
     attn = attention_levels(flags)
     levels, blocks = len(flags["channel_mult"]), int(flags["num_res_blocks"])
@@ -225,6 +241,12 @@ def convert_adm_state_dict(src: dict[str, torch.Tensor], flags: dict[str, Any] |
             if level and j == blocks:
                 _resblock(src, f"output_blocks.{k}.{nxt}", dst, f"up_blocks.{up}.upsamplers.0")
             k += 1
+    unused = sorted(set(src) - src.read)
+    if unused:  # weights of blocks the flags do not describe: a different architecture, never a silent drop
+        raise ValueError(
+            f"{len(unused)} ADM tensors have no place in the U-Net these flags describe, e.g. {unused[:3]}; "
+            "pass the checkpoint's MODEL_FLAGS"
+        )
     return dst
 
 
